@@ -1,0 +1,279 @@
+"""Derived values and validation, as GPT-NeoX derives them, before any process starts.
+
+``resolve(cfg, world_size)`` returns a new frozen ``Config`` whose derived fields are filled
+in (world and data-parallel size, the batch triple, precision, learning rate, decay iters,
+padded vocabulary, ...) and raises ``ConfigError`` with the reason for any invalid combination.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import replace
+from typing import Any
+
+from megatron_lite.config.loader import ConfigError
+from megatron_lite.config.neox_compat import SUPPORTED_ATTENTION_TYPES
+from megatron_lite.config.schema import Config
+
+OPTIMIZER_TYPES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
+GLU_ACTIVATIONS = ("swiglu", "geglu")
+
+
+def pipe_stages(pipe_parallel_size: int) -> int:
+    """``pipe_parallel_size: 0`` means no pipeline module, which is one stage."""
+    return max(pipe_parallel_size, 1)
+
+
+def pad_vocab_size(vocab_size: int, divisible_by: int, model_parallel_size: int) -> int:
+    """Smallest multiple of ``divisible_by * model_parallel_size`` that holds the vocab."""
+    multiple = divisible_by * model_parallel_size
+    return int(math.ceil(vocab_size / multiple) * multiple)
+
+
+def solve_batch_triple(
+    train_batch: int | None, micro: int | None, gas: int | None, dp: int
+) -> tuple[int | None, int | None, int | None]:
+    """GPT-NeoX's rule: any two of the triple give the third; one alone assumes gas=1."""
+    if train_batch is not None and micro is not None and gas is not None:
+        pass
+    elif train_batch is not None and micro is not None:
+        gas = train_batch // (micro * dp)
+    elif train_batch is not None and gas is not None:
+        micro = train_batch // (gas * dp)
+    elif micro is not None and gas is not None:
+        train_batch = micro * gas * dp
+    elif train_batch is not None:
+        gas = 1
+        micro = train_batch // dp
+    elif micro is not None:
+        gas = 1
+        train_batch = micro * dp
+    else:
+        return None, None, None
+    if micro < 1 or gas < 1 or train_batch != micro * gas * dp:
+        raise ConfigError(
+            f"batch sizes do not fit the data-parallel size {dp}: need train_batch_size "
+            f"({train_batch}) = train_micro_batch_size_per_gpu ({micro}) * "
+            f"gradient_accumulation_steps ({gas}) * data-parallel size ({dp})"
+        )
+    return train_batch, micro, gas
+
+
+def _derive_parallel(cfg: Config, world_size: int) -> Config:
+    par = cfg.parallel
+    tp, stages = par.model_parallel_size, pipe_stages(par.pipe_parallel_size)
+    if tp < 1 or par.pipe_parallel_size < 0:
+        raise ConfigError("model_parallel_size must be >= 1 and pipe_parallel_size >= 0")
+    if world_size % (tp * stages):
+        raise ConfigError(
+            f"world size {world_size} is not divisible by model_parallel_size ({tp}) * "
+            f"pipeline stages ({stages}); change num_gpus or the parallel sizes"
+        )
+    if par.global_num_gpus is not None and par.global_num_gpus != world_size:
+        raise ConfigError(
+            f"global_num_gpus: {par.global_num_gpus} but the run has {world_size} ranks"
+        )
+    dp = world_size // (tp * stages)
+    if par.data_parallel_size is not None and par.data_parallel_size != dp:
+        raise ConfigError(f"data_parallel_size: {par.data_parallel_size} but the layout gives {dp}")
+    stage = _zero_stage(par.zero_optimization)
+    if stage >= 2 and par.pipe_parallel_size >= 1:
+        raise ConfigError(
+            f"zero_optimization.stage {stage} cannot run with pipe_parallel_size "
+            f"{par.pipe_parallel_size}: DeepSpeed's pipeline engine supports ZeRO stages 0 and 1; "
+            "use stage 1, or pipe_parallel_size: 0"
+        )
+    return replace(cfg, parallel=replace(par, global_num_gpus=world_size, data_parallel_size=dp))
+
+
+def _zero_stage(zero: dict[str, Any]) -> int:
+    stage = zero.get("stage", 0)
+    if not isinstance(stage, int) or isinstance(stage, bool) or not 0 <= stage <= 3:
+        raise ConfigError(f"zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+    return stage
+
+
+def _derive_batch(cfg: Config) -> Config:
+    tr = cfg.training
+    train_batch, micro, gas = solve_batch_triple(
+        tr.train_batch_size,
+        tr.train_micro_batch_size_per_gpu,
+        tr.gradient_accumulation_steps,
+        cfg.parallel.data_parallel_size,
+    )
+    if tr.train_iters is not None and tr.train_epochs is not None:
+        raise ConfigError("set train_iters or train_epochs, not both")
+    return replace(
+        cfg,
+        training=replace(
+            tr,
+            train_batch_size=train_batch,
+            train_micro_batch_size_per_gpu=micro,
+            gradient_accumulation_steps=gas,
+            precision=_derive_precision(tr.fp16, tr.bf16, tr.precision),
+        ),
+    )
+
+
+def _derive_precision(fp16: dict, bf16: dict, precision: str | None) -> str:
+    fp16_on, bf16_on = bool(fp16.get("enabled", False)), bool(bf16.get("enabled", False))
+    if fp16_on and bf16_on:
+        raise ConfigError("fp16.enabled and bf16.enabled are both true; choose one precision")
+    from_dicts = "fp16" if fp16_on else "bfloat16" if bf16_on else None
+    if precision is not None and from_dicts is not None and precision != from_dicts:
+        raise ConfigError(f"precision: {precision} contradicts the enabled {from_dicts} section")
+    return precision or from_dicts or "fp32"
+
+
+def _derive_model(cfg: Config) -> Config:
+    m, tp = cfg.model, cfg.parallel.model_parallel_size
+    max_pos = m.max_position_embeddings or m.seq_length
+    inter = m.intermediate_size
+    if inter is None and m.hidden_size is not None:
+        if m.activation in GLU_ACTIVATIONS:
+            # LLaMA-style: keep the MLP's parameter count close to 4h with three matrices.
+            inter = 64 * math.ceil(int(8 * m.hidden_size / 3) / 64)
+        else:
+            inter = 4 * m.hidden_size
+    padded = m.padded_vocab_size
+    vocab = _tokenizer_vocab_size(cfg)
+    if vocab is not None:
+        computed = pad_vocab_size(vocab, m.make_vocab_size_divisible_by, tp)
+        if padded is not None and padded != computed:
+            raise ConfigError(
+                f"padded_vocab_size: {padded} but the tokenizer ({vocab} tokens) pads to {computed}"
+            )
+        padded = computed
+    return replace(
+        cfg,
+        model=replace(m, max_position_embeddings=max_pos, intermediate_size=inter, padded_vocab_size=padded),
+    )
+
+
+def _tokenizer_vocab_size(cfg: Config) -> int | None:
+    """The tokenizer's vocabulary size when it can be read cheaply (file present), else None."""
+    tok = cfg.tokenizer
+    if tok.tokenizer_type != "CharLevelTokenizer" and not (
+        tok.vocab_file and os.path.isfile(tok.vocab_file)
+    ):
+        return None
+    from megatron_lite.tokenizer import vocab_size_of
+
+    return vocab_size_of(tok.tokenizer_type, tok.vocab_file)
+
+
+def _derive_optimizer(cfg: Config) -> Config:
+    opt = cfg.optimizer
+    section = opt.optimizer or {}
+    kind = str(section.get("type", "Adam"))
+    if kind.lower() not in OPTIMIZER_TYPES:
+        raise ConfigError(
+            f"optimizer.type: {kind!r} is not implemented in megatron_lite "
+            f"(supported: {', '.join(OPTIMIZER_TYPES.values())})"
+        )
+    params = dict(section.get("params", {}))
+    lr = opt.lr if opt.lr is not None else params.get("lr")
+    if lr is None:
+        raise ConfigError("no learning rate: set optimizer.params.lr (or lr)")
+    params["lr"] = float(lr)
+    section = {"type": OPTIMIZER_TYPES[kind.lower()], "params": params}
+    sched = cfg.lr_schedule
+    decay_iters = sched.lr_decay_iters if sched.lr_decay_iters is not None else cfg.training.train_iters
+    return replace(
+        cfg,
+        optimizer=replace(opt, optimizer=section, lr=float(lr)),
+        lr_schedule=replace(sched, lr_decay_iters=decay_iters),
+    )
+
+
+def validate(cfg: Config) -> None:
+    """Every invalid combination we can see without touching data or devices."""
+    m, tp = cfg.model, cfg.parallel.model_parallel_size
+    if m.num_attention_heads is not None:
+        if m.num_attention_heads % tp:
+            raise ConfigError(
+                f"num_attention_heads ({m.num_attention_heads}) is not divisible by "
+                f"model_parallel_size ({tp})"
+            )
+        if m.hidden_size is not None and m.hidden_size % m.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size ({m.hidden_size}) is not divisible by num_attention_heads "
+                f"({m.num_attention_heads})"
+            )
+        kv = m.num_kv_heads
+        if kv is not None and (kv < 1 or m.num_attention_heads % kv or kv % tp):
+            raise ConfigError(
+                f"num_kv_heads ({kv}) must divide num_attention_heads ({m.num_attention_heads}) "
+                f"and be divisible by model_parallel_size ({tp})"
+            )
+    if m.intermediate_size is not None and m.intermediate_size % tp:
+        raise ConfigError(f"intermediate_size ({m.intermediate_size}) is not divisible by model_parallel_size ({tp})")
+    if m.seq_length is not None and m.max_position_embeddings is not None:
+        if m.seq_length > m.max_position_embeddings:
+            raise ConfigError(
+                f"seq_length ({m.seq_length}) exceeds max_position_embeddings "
+                f"({m.max_position_embeddings})"
+            )
+    if not 0.0 < m.rotary_pct <= 1.0:
+        raise ConfigError(f"rotary_pct must be in (0, 1], got {m.rotary_pct}")
+    for key in ("hidden_dropout", "attention_dropout"):
+        if not 0.0 <= getattr(m, key) < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {getattr(m, key)}")
+    _validate_attention_config(m.attention_config, m.num_layers)
+    _validate_schedule(cfg)
+    _validate_data(cfg)
+    if cfg.checkpoint.finetune and not cfg.checkpoint.load:
+        raise ConfigError("finetune: true needs `load`: the checkpoint to start from")
+
+
+def _validate_attention_config(spec: list, num_layers: int | None) -> None:
+    if not spec:
+        return
+    total = 0
+    for entry in spec:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], int)):
+            raise ConfigError(f"attention_config: expected [[types], count] entries, got {entry!r}")
+        types, count = entry
+        for kind in types:
+            if kind not in SUPPORTED_ATTENTION_TYPES:
+                raise ConfigError(
+                    f"attention_config: {kind!r} attention is not implemented in megatron_lite "
+                    "(supported: global, flash; both run scaled_dot_product_attention)"
+                )
+        total += count
+    if num_layers is not None and total != num_layers:
+        raise ConfigError(f"attention_config covers {total} layers but num_layers is {num_layers}")
+
+
+def _validate_schedule(cfg: Config) -> None:
+    if not 0.0 <= cfg.lr_schedule.warmup <= 1.0:
+        raise ConfigError(f"warmup is a fraction of lr_decay_iters in [0, 1], got {cfg.lr_schedule.warmup}")
+    for key in ("eval_interval", "eval_iters"):
+        if getattr(cfg.training, key) < 0:
+            raise ConfigError(f"{key} must be >= 0")
+    if cfg.logging.log_interval < 1:
+        raise ConfigError("log_interval must be >= 1")
+
+
+def _validate_data(cfg: Config) -> None:
+    d = cfg.data
+    if not re.fullmatch(r"\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?){0,2}\s*", d.split or ""):
+        raise ConfigError(f"split: expected up to three comma-separated numbers like '969,30,1', got {d.split!r}")
+    for which in ("train", "valid", "test"):
+        paths = getattr(d, f"{which}_data_paths")
+        weights = getattr(d, f"{which}_data_weights")
+        labels = getattr(d, f"{which}_label_data_paths")
+        if weights is not None and (paths is None or len(weights) != len(paths)):
+            raise ConfigError(f"{which}_data_weights has {len(weights)} entries but {which}_data_paths has {len(paths or [])}")
+        if labels is not None and (paths is None or len(labels) != len(paths)):
+            raise ConfigError(f"{which}_label_data_paths must match {which}_data_paths one to one")
+
+
+def resolve(cfg: Config, world_size: int) -> Config:
+    """Fill in derived values for ``world_size`` ranks and validate the result."""
+    for step in (_derive_parallel, _derive_batch, _derive_model, _derive_optimizer):
+        cfg = step(cfg, world_size) if step is _derive_parallel else step(cfg)
+    validate(cfg)
+    return cfg

@@ -1,0 +1,272 @@
+"""The typed configuration: one frozen dataclass per concern, GPT-NeoX key names.
+
+YAML files are flat (``num_layers: 12``); the loader routes every key to the group that owns
+it. Each field carries a type, a default and a one-line ``help`` (``docs/config.md`` is
+generated from these). Fields marked ``derived`` are computed by ``derived.py`` when left
+unset; when a user sets one it is checked against the others instead (so a resolved config
+written to disk loads back to the same config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+def f(default: Any, help: str, derived: bool = False) -> Any:  # noqa: A002 - "help" reads best
+    """A field with a default and a description (mutable defaults are copied per instance)."""
+    meta = {"help": help, "derived": derived}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and architecture of the GPT model (all the model code ever sees)."""
+
+    num_layers: int | None = f(None, "Number of transformer layers.")
+    hidden_size: int | None = f(None, "Width of the residual stream.")
+    num_attention_heads: int | None = f(None, "Number of attention (query) heads.")
+    num_kv_heads: int | None = f(None, "Key/value heads for grouped-query attention (None = num_attention_heads).")
+    seq_length: int | None = f(None, "Training context length in tokens.")
+    max_position_embeddings: int | None = f(None, "Longest position the model supports (default seq_length).", derived=True)
+    intermediate_size: int | None = f(None, "MLP inner width (default 4 * hidden_size; 8/3 * hidden rounded for GLU activations).", derived=True)
+    pos_emb: str = f("learned", "Position encoding: rotary, learned, sinusoidal, alibi or none.")
+    rotary_pct: float = f(1.0, "Fraction of each head's dimensions that rotary embeddings rotate.")
+    rotary_emb_base: int = f(10000, "Base of the rotary frequencies.")
+    norm: str = f("layernorm", "Normalisation: layernorm or rmsnorm.")
+    layernorm_epsilon: float = f(1.0e-5, "Epsilon of LayerNorm.")
+    rms_norm_epsilon: float = f(1.0e-8, "Epsilon of RMSNorm.")
+    activation: str = f("gelu", "MLP activation: gelu, swiglu, geglu, relu or silu.")
+    gpt_j_residual: bool = f(False, "Parallel residual (attention and MLP read the same input), as GPT-J and Pythia.")
+    no_weight_tying: bool = f(False, "Untie the output layer from the input embedding.")
+    use_bias_in_attn_linear: bool = f(True, "Biases in the attention projections.")
+    use_bias_in_mlp: bool = f(True, "Biases in the MLP projections.")
+    use_bias_in_norms: bool = f(True, "Biases in the LayerNorms.")
+    hidden_dropout: float = f(0.0, "Dropout on the residual branches.")
+    attention_dropout: float = f(0.0, "Dropout on attention probabilities.")
+    init_method: str = f("normal", "Init of most weights: normal, scaled_normal, small_init or wang_init.")
+    output_layer_init_method: str = f("scaled_normal", "Init of the output projections of each layer.")
+    init_method_std: float = f(0.02, "Standard deviation of the normal init methods.")
+    attention_config: list = f([], "GPT-NeoX per-layer attention types, e.g. [[['flash'], 12]]; only global/flash (both SDPA).")
+    checkpoint_activations: bool = f(False, "Recompute activations in the backward pass to save memory.")
+    checkpoint_num_layers: int = f(1, "Layers per activation-checkpoint chunk.")
+    output_layer_parallelism: str = f("column", "How the LM head is split across tensor-parallel ranks (column only).")
+    make_vocab_size_divisible_by: int = f(128, "Pad the vocabulary to a multiple of this times model_parallel_size.")
+    padded_vocab_size: int | None = f(None, "Embedding rows after padding (derived from the tokenizer).", derived=True)
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How the world is split: pipe x data x model (model innermost, as DeepSpeed's topology)."""
+
+    pipe_parallel_size: int = f(0, "Pipeline stages; 0 = plain sequential module, >=1 = DeepSpeed PipelineModule.")
+    model_parallel_size: int = f(1, "Tensor-parallel ranks per layer.")
+    pipe_partition_method: str = f("type:transformer|mlp", "How PipelineModule splits layers: parameters, uniform or type:REGEX.")
+    distributed_backend: str = f("nccl", "torch.distributed backend on GPU (gloo is always used on CPU).")
+    zero_optimization: dict = f({"stage": 0}, "DeepSpeed zero_optimization section (stage 0-3, offload, buckets).")
+    global_num_gpus: int | None = f(None, "World size: ranks over all nodes (derived from hostfile / num_gpus).", derived=True)
+    data_parallel_size: int | None = f(None, "Data-parallel ranks = world / (model_parallel_size * pipe stages).", derived=True)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer and its GPT-NeoX-style ``optimizer: {type, params}`` section."""
+
+    optimizer: dict = f({"type": "Adam", "params": {"lr": 0.0006}}, "GPT-NeoX optimizer section: type Adam/AdamW (decoupled decay) or SGD, params.")
+    lr: float | None = f(None, "Peak learning rate (default optimizer.params.lr).", derived=True)
+    weight_decay: float = f(0.01, "Decoupled weight decay (never applied to biases and norms).")
+    gradient_clipping: float = f(1.0, "Clip the global gradient norm to this (0 = off).")
+
+
+@dataclass(frozen=True)
+class LRScheduleConfig:
+    """Learning-rate schedule as GPT-NeoX: warmup, then decay to min_lr."""
+
+    lr_decay_style: str = f("linear", "Decay after warmup: constant, linear, cosine or exponential.")
+    lr_decay_iters: int | None = f(None, "Iterations over which to decay (default train_iters).", derived=True)
+    min_lr: float = f(0.0, "Learning rate at the end of the decay.")
+    warmup: float = f(0.01, "Warmup as a fraction of lr_decay_iters.")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Batch sizes, length of training, precision and evaluation cadence."""
+
+    train_batch_size: int | None = f(None, "Global batch = micro batch * grad accumulation * data-parallel size.", derived=True)
+    train_micro_batch_size_per_gpu: int | None = f(None, "Samples per rank per forward pass.", derived=True)
+    gradient_accumulation_steps: int | None = f(None, "Micro batches accumulated per optimizer step.", derived=True)
+    train_iters: int | None = f(None, "Optimizer steps to train for.")
+    train_epochs: int | None = f(None, "Alternative to train_iters: passes over the training data.")
+    seed: int = f(1234, "Random seed for init, data order and dropout.")
+    fp16: dict = f({}, "DeepSpeed fp16 section (enabled, loss_scale 0 = dynamic, loss_scale_window, ...).")
+    bf16: dict = f({}, "DeepSpeed bf16 section (enabled).")
+    precision: str | None = f(None, "fp32, fp16 or bfloat16 (derived from fp16/bf16 when unset).", derived=True)
+    eval_interval: int = f(1000, "Evaluate on the validation split every this many iterations.")
+    eval_iters: int = f(100, "Validation batches per evaluation.")
+    exit_interval: int | None = f(None, "Save and exit after an iteration divisible by this.")
+    compile: bool = f(False, "Wrap the model in torch.compile.")
+    peak_theoretical_tflops: float | None = f(None, "Peak TFLOP/s of one device, to report MFU.")
+    steps_per_print: int = f(10, "DeepSpeed's own progress print interval.")
+    wall_clock_breakdown: bool = f(False, "DeepSpeed per-phase timers.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the tokenized .bin/.idx data is and how it is split and blended."""
+
+    data_path: str | None = f(None, "Prefix of one dataset, split into train/valid/test by `split`.")
+    train_data_paths: list | None = f(None, "Prefixes of training datasets (blended by train_data_weights).")
+    valid_data_paths: list | None = f(None, "Prefixes of validation datasets.")
+    test_data_paths: list | None = f(None, "Prefixes of test datasets.")
+    train_label_data_paths: list | None = f(None, "Label datasets parallel to train_data_paths (-100 = masked).")
+    valid_label_data_paths: list | None = f(None, "Label datasets parallel to valid_data_paths.")
+    test_label_data_paths: list | None = f(None, "Label datasets parallel to test_data_paths.")
+    train_data_weights: list | None = f(None, "Blend weights of train_data_paths (default equal).")
+    valid_data_weights: list | None = f(None, "Blend weights of valid_data_paths.")
+    test_data_weights: list | None = f(None, "Blend weights of test_data_paths.")
+    weight_by_num_documents: bool = f(False, "Weight datasets by document count (overrides given weights).")
+    weighted_sampler_alpha: float = f(1.0, "Exponent smoothing the document-count weights.")
+    split: str = f("969,30,1", "Train/valid/test proportions of data_path's documents.")
+    data_impl: str = f("mmap", "Dataset format (mmap only).")
+    num_workers: int = f(2, "DataLoader worker processes per rank.")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Which tokenizer reads and writes the text."""
+
+    tokenizer_type: str = f("GPT2BPETokenizer", "HFTokenizer, HFGPT2Tokenizer, GPT2BPETokenizer or CharLevelTokenizer.")
+    vocab_file: str | None = f(None, "tokenizers JSON (HFTokenizer) or GPT-2 vocab.json.")
+    merge_file: str | None = f(None, "GPT-2 merges.txt (GPT2BPETokenizer / HFGPT2Tokenizer).")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Saving, loading, resuming and fine-tuning."""
+
+    save: str | None = f(None, "Directory to save checkpoints to.")
+    load: str | None = f(None, "Directory to load a checkpoint from (resume, or finetune source).")
+    checkpoint_factor: int | None = f(None, "Save every this many iterations.")
+    extra_save_iters: list | None = f(None, "Additional iterations to save at.")
+    keep_last_n_checkpoints: int | None = f(None, "Delete older checkpoints, keeping this many.")
+    finetune: bool = f(False, "Load weights only; start at iteration 0 with a fresh optimizer.")
+    iteration: int | None = f(None, "Load this iteration instead of `latest`.")
+    no_load_optim: bool = f(False, "Do not load optimizer state when resuming.")
+    no_load_rng: bool = f(False, "Do not load RNG states when resuming.")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Console, files, TensorBoard and wandb."""
+
+    log_dir: str | None = f(None, "Run directory root: resolved config, log files, metrics.jsonl.")
+    log_interval: int = f(100, "Log training metrics every this many iterations.")
+    tensorboard_dir: str | None = f(None, "Write TensorBoard events here.")
+    use_wandb: bool = f(False, "Log to Weights & Biases (WANDB_MODE=offline works without network).")
+    wandb_project: str = f("neox", "wandb project.")
+    wandb_group: str | None = f(None, "wandb group (also --wandb_group).")
+    wandb_run_name: str | None = f(None, "wandb run name (also --wandb_run_name).")
+    wandb_team: str | None = f(None, "wandb entity.")
+    wandb_host: str = f("https://api.wandb.ai", "wandb server.")
+    log_grad_norm: bool = f(True, "Log the global gradient norm.")
+    log_all_ranks: bool = f(False, "Show INFO logs of every rank, not only rank 0.")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Text generation (generate.py)."""
+
+    text_gen_type: str = f("unconditional", "unconditional, input-file or interactive.")
+    maximum_tokens: int = f(64, "Tokens to generate per sample.")
+    prompt_end: str = f("\n", "Separator between prompts in the input file.")
+    temperature: float = f(0.0, "Sampling temperature (0 = greedy).")
+    top_k: int = f(0, "Keep the k most likely tokens (0 = off).")
+    top_p: float = f(0.0, "Nucleus sampling mass (0 = off).")
+    recompute: bool = f(False, "Recompute the whole context each step instead of using the KV cache.")
+    num_samples: int = f(1, "Samples for unconditional generation.")
+    sample_input_file: str | None = f(None, "Prompt file for input-file mode (also -i).")
+    sample_output_file: str | None = f(None, "JSONL output for generated samples (also -o).")
+    stop_strings: list | None = f(None, "Stop a sample when it produces one of these strings.")
+    generation_batch_size: int = f(8, "Prompts generated together.")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """lm-evaluation-harness and reference metrics (evaluate.py)."""
+
+    eval_tasks: list | None = f(None, "lm-eval task names (also --eval_tasks).")
+    eval_num_fewshot: int = f(0, "Few-shot examples per task.")
+    eval_limit: int | None = f(None, "Evaluate at most this many examples per task.")
+    eval_batch_size: int = f(8, "Requests per forward pass.")
+    eval_include_path: str | None = f(None, "Directory of extra lm-eval task YAMLs.")
+    eval_results_prefix: str = f("eval_results", "File name prefix of the results JSON.")
+
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    """Where and how deepy.py starts the workers (DeepSpeed runner options)."""
+
+    hostfile: str | None = f(None, "DeepSpeed hostfile ('host slots=N' lines) for multi-node runs.")
+    include: str | None = f(None, "DeepSpeed --include host/GPU filter.")
+    exclude: str | None = f(None, "DeepSpeed --exclude host/GPU filter.")
+    num_nodes: int = f(-1, "Nodes to use from the hostfile (-1 = all).")
+    num_gpus: int | None = f(None, "Processes per node (default: all GPUs, or 1 on a CPU machine).")
+    master_port: int = f(29500, "Rendezvous port.")
+    master_addr: str | None = f(None, "Rendezvous address (default: first host).")
+    launcher: str = f("pdsh", "Multi-node launcher: pdsh, openmpi, mvapich or slurm.")
+    deepspeed_extra_args: dict = f({}, "Extra keys merged into the DeepSpeed config.")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved run configuration. Frozen: runtime state lives on the trainer."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """All keys, flat, as a GPT-NeoX YAML file spells them."""
+        flat: dict[str, Any] = {}
+        for group_field in fields(self):
+            group = getattr(self, group_field.name)
+            for fld in fields(group):
+                flat[fld.name] = getattr(group, fld.name)
+        return flat
+
+
+GROUP_CLASSES: dict[str, type] = {
+    "model": ModelConfig,
+    "parallel": ParallelConfig,
+    "optimizer": OptimizerConfig,
+    "lr_schedule": LRScheduleConfig,
+    "training": TrainingConfig,
+    "data": DataConfig,
+    "tokenizer": TokenizerConfig,
+    "checkpoint": CheckpointConfig,
+    "logging": LoggingConfig,
+    "generation": GenerationConfig,
+    "evaluation": EvaluationConfig,
+    "launcher": LauncherConfig,
+}
+
+
+def key_index() -> dict[str, tuple[str, Any]]:
+    """Map every flat key to (group name, dataclass field)."""
+    index: dict[str, tuple[str, Any]] = {}
+    for group_name, cls in GROUP_CLASSES.items():
+        for fld in fields(cls):
+            assert fld.name not in index, f"config key {fld.name} defined twice"
+            index[fld.name] = (group_name, fld)
+    return index

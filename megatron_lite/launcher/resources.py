@@ -1,0 +1,129 @@
+"""Hostfiles and local devices: how many ranks a run will have, without importing torch.
+
+A hostfile is DeepSpeed's format, one ``hostname slots=N`` per line, ``#`` comments allowed.
+GPT-NeoX configs ship a placeholder ``hostfile: /mock_path``; like DeepSpeed's runner we treat
+a hostfile that does not exist as "local resources only" (with a warning), while a hostfile
+that exists but is malformed is an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections import OrderedDict
+
+from megatron_lite.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+_LINE = re.compile(r"^(?P<host>\S+)\s+slots\s*=\s*(?P<slots>\d+)\s*$")
+
+
+class HostfileError(ValueError):
+    """A malformed hostfile (the message names the file and line)."""
+
+
+def parse_hostfile(path: str) -> OrderedDict[str, int]:
+    """``host -> slots`` in file order."""
+    hosts: OrderedDict[str, int] = OrderedDict()
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            match = _LINE.match(text)
+            if match is None:
+                raise HostfileError(
+                    f"{path}:{lineno}: expected 'hostname slots=N', got {line.strip()!r}"
+                )
+            host, slots = match["host"], int(match["slots"])
+            if slots < 1:
+                raise HostfileError(f"{path}:{lineno}: slots must be at least 1")
+            if host in hosts:
+                raise HostfileError(f"{path}:{lineno}: host {host} is listed twice")
+            hosts[host] = slots
+    if not hosts:
+        raise HostfileError(f"{path}: no hosts listed")
+    return hosts
+
+
+def read_hostfile(path: str | None) -> OrderedDict[str, int] | None:
+    """The hostfile's hosts, or None when unset or missing (local run, as DeepSpeed does)."""
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        logger.warning("hostfile %s not found: running on local resources only", path)
+        return None
+    return parse_hostfile(path)
+
+
+def _filter_hosts(hosts: OrderedDict[str, int], include: str | None, exclude: str | None):
+    """Apply DeepSpeed's ``host1:0,1@host2`` include/exclude syntax to slot counts."""
+    def parse(spec: str) -> dict[str, list[int] | None]:
+        out: dict[str, list[int] | None] = {}
+        for part in spec.split("@"):
+            name, _, slots = part.partition(":")
+            if name not in hosts:
+                raise HostfileError(f"include/exclude names unknown host {name!r}")
+            out[name] = [int(s) for s in slots.split(",")] if slots else None
+        return out
+
+    result = OrderedDict(hosts)
+    if include:
+        chosen = parse(include)
+        result = OrderedDict(
+            (h, len(s) if s is not None else hosts[h]) for h, s in chosen.items()
+        )
+    if exclude:
+        for host, slots in parse(exclude).items():
+            if slots is None:
+                result.pop(host, None)
+            elif host in result:
+                result[host] = result[host] - len(slots)
+        result = OrderedDict((h, n) for h, n in result.items() if n > 0)
+    return result
+
+
+def local_gpu_count() -> int:
+    """GPUs on this machine: CUDA_VISIBLE_DEVICES, else ``nvidia-smi -L``, else 0."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def plan_world(
+    hostfile: str | None,
+    num_nodes: int,
+    num_gpus: int | None,
+    include: str | None = None,
+    exclude: str | None = None,
+) -> tuple[OrderedDict[str, int], int]:
+    """(host -> processes, world size) that the DeepSpeed runner will start."""
+    hosts = read_hostfile(hostfile)
+    if hosts is None:
+        per_node = num_gpus if num_gpus is not None else max(local_gpu_count(), 1)
+        if num_nodes not in (-1, 1):
+            raise HostfileError(f"num_nodes: {num_nodes} needs a hostfile listing the nodes")
+        hosts = OrderedDict([("localhost", per_node)])
+    else:
+        hosts = _filter_hosts(hosts, include, exclude)
+        if num_nodes > 0:
+            if num_nodes > len(hosts):
+                raise HostfileError(
+                    f"num_nodes: {num_nodes} but the hostfile {hostfile} lists {len(hosts)} hosts"
+                )
+            hosts = OrderedDict(list(hosts.items())[:num_nodes])
+        if num_gpus is not None:
+            hosts = OrderedDict((h, min(n, num_gpus)) for h, n in hosts.items())
+    return hosts, sum(hosts.values())

@@ -1,0 +1,49 @@
+"""Process-group setup for workers: gloo on CPU, the configured backend on GPU."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from megatron_lite.config import Config, pipe_stages
+from megatron_lite.parallel.state import ParallelState
+from megatron_lite.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+def device_for(local_rank: int) -> torch.device:
+    """This rank's device: its GPU when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init_distributed(cfg: Config, timeout_s: int = 600) -> ParallelState:
+    """Initialize torch.distributed (through DeepSpeed's comm layer) and build the groups.
+
+    Always initializes, even for one rank, so that the DeepSpeed engine and our code see one
+    kind of world. The backend is gloo without CUDA (nccl cannot run on CPU).
+    """
+    import deepspeed
+
+    backend = cfg.parallel.distributed_backend if torch.cuda.is_available() else "gloo"
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    if not dist.is_initialized():
+        deepspeed.init_distributed(
+            dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False
+        )
+    state = ParallelState.build(
+        tp_size=cfg.parallel.model_parallel_size,
+        pp_size=pipe_stages(cfg.parallel.pipe_parallel_size),
+    )
+    logger.info("parallel layout: %s", state.describe())
+    return state
