@@ -1,0 +1,314 @@
+"""Config loading: merging, aliases, strictness, derived values, validation, round trip."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from megatron_lite.config import (
+    ConfigError,
+    config_from_flat,
+    dump_yaml,
+    load_config,
+    pad_vocab_size,
+)
+from megatron_lite.config.derived import resolve, solve_batch_triple
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures" / "neox"
+
+BASE = {
+    "num_layers": 2,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "seq_length": 32,
+    "train_micro_batch_size_per_gpu": 2,
+    "optimizer": {"type": "Adam", "params": {"lr": 0.001}},
+    "train_iters": 10,
+}
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def resolved(world_size: int = 1, **overrides):
+    return resolve(config_from_flat({**BASE, **overrides}), world_size)
+
+
+# ---- merging and spelling ---------------------------------------------------------------------
+
+
+def test_later_file_wins_and_override_is_logged(tmp_path, caplog):
+    a = write(tmp_path, "a.yml", "num_layers: 2\nhidden_size: 64\nnum_attention_heads: 4\n")
+    b = write(tmp_path, "b.yml", "num_layers: 6\ntrain_micro_batch_size_per_gpu: 1\n")
+    with caplog.at_level(logging.INFO, logger="megatron_lite"):
+        cfg = load_config([a, b], world_size=1)
+    assert cfg.model.num_layers == 6
+    assert cfg.model.hidden_size == 64
+    assert any("overrides num_layers" in r.getMessage() and "b.yml" in r.getMessage() for r in caplog.records)
+
+
+def test_dash_underscore_and_megatron_aliases(tmp_path):
+    a = write(
+        tmp_path,
+        "a.yml",
+        """
+        num-layers: 3
+        hidden_size: 64
+        num-attention-heads: 4
+        tensor_model_parallel_size: 2
+        micro_batch_size: 3
+        """,
+    )
+    cfg = load_config([a], world_size=4)
+    assert cfg.model.num_layers == 3
+    assert cfg.parallel.model_parallel_size == 2
+    assert cfg.training.train_micro_batch_size_per_gpu == 3
+    assert cfg.parallel.data_parallel_size == 2
+
+
+def test_conf_dir_prefix_and_optional_suffix(tmp_path):
+    write(tmp_path, "model.yml", "num_layers: 5\nhidden_size: 64\nnum_attention_heads: 4\n")
+    cfg = load_config(["model"], config_dir=str(tmp_path), world_size=1)
+    assert cfg.model.num_layers == 5
+    with pytest.raises(ConfigError, match="config file not found: nothere"):
+        load_config(["nothere"], config_dir=str(tmp_path), world_size=1)
+
+
+def test_command_line_overrides_win_last(tmp_path):
+    a = write(tmp_path, "a.yml", "eval_tasks: [piqa]\n")
+    cfg = load_config([a], overrides={"eval_tasks": ["lambada_openai"], "iteration": 7}, world_size=1)
+    assert cfg.evaluation.eval_tasks == ["lambada_openai"]
+    assert cfg.checkpoint.iteration == 7
+
+
+# ---- strictness --------------------------------------------------------------------------------
+
+
+def test_unknown_key_names_file_key_and_suggestion(tmp_path):
+    a = write(tmp_path, "typo.yml", "num_layer: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([a], world_size=1)
+    message = str(err.value)
+    assert "typo.yml" in message and "'num_layer'" in message and "num_layers" in message
+
+
+def test_ignored_neox_keys_are_listed_once(tmp_path, caplog):
+    a = write(tmp_path, "a.yml", "bias_gelu_fusion: true\npartition-activations: true\n")
+    b = write(tmp_path, "b.yml", "bias_gelu_fusion: false\n")
+    with caplog.at_level(logging.INFO, logger="megatron_lite"):
+        load_config([a, b], world_size=1)
+    lines = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(lines) == 1
+    assert "bias_gelu_fusion" in lines[0] and "partition_activations" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("pos_emb: xpos\n", "pos_emb: 'xpos' is not implemented"),
+        ("norm: scalenorm\n", "norm: 'scalenorm' is not implemented"),
+        ("num_experts: 8\n", "mixture of experts"),
+        ("attention_config: [[['sparse_fixed'], 2]]\nnum_layers: 2\n", "'sparse_fixed' attention is not implemented"),
+        ("optimizer: {type: lion, params: {lr: 0.1}}\n", "optimizer.type: 'lion' is not implemented"),
+        ("data_impl: cached\n", "data_impl: 'cached' is not implemented"),
+    ],
+)
+def test_unimplemented_neox_features_are_errors(tmp_path, text, expected):
+    a = write(tmp_path, "feature.yml", text)
+    with pytest.raises(ConfigError, match=expected):
+        load_config([a], world_size=1)
+
+
+def test_default_values_of_unimplemented_features_are_accepted(tmp_path):
+    a = write(tmp_path, "a.yml", "num_experts: 1\nsparsity_config: {}\n")
+    load_config([a], world_size=1)
+
+
+def test_type_errors_and_yaml_errors_name_the_file(tmp_path):
+    a = write(tmp_path, "types.yml", "num_layers: many\n")
+    with pytest.raises(ConfigError, match=r"types.yml: num_layers must be int"):
+        load_config([a], world_size=1)
+    b = write(tmp_path, "broken.yml", "num_layers: 2\n  hidden_size: [\n")
+    with pytest.raises(ConfigError, match=r"broken.yml.*line \d+.*invalid YAML"):
+        load_config([b], world_size=1)
+
+
+# ---- derived values ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "given, dp, expected",
+    [
+        ((32, 4, None), 2, (32, 4, 4)),
+        ((32, None, 2), 2, (32, 8, 2)),
+        ((None, 4, 3), 2, (24, 4, 3)),
+        ((16, None, None), 4, (16, 4, 1)),
+        ((None, 4, None), 4, (16, 4, 1)),
+        ((24, 4, 3), 2, (24, 4, 3)),
+    ],
+)
+def test_batch_triple_from_any_two(given, dp, expected):
+    assert solve_batch_triple(*given, dp) == expected
+
+
+def test_batch_triple_inconsistent_with_dp():
+    with pytest.raises(ConfigError, match="data-parallel size 2"):
+        solve_batch_triple(30, 4, None, 2)
+    with pytest.raises(ConfigError, match="train_batch_size"):
+        resolved(world_size=2, train_batch_size=10, train_micro_batch_size_per_gpu=2,
+                 gradient_accumulation_steps=2)
+
+
+def test_dp_is_world_over_tp_times_pp():
+    cfg = resolved(world_size=8, model_parallel_size=2, pipe_parallel_size=2)
+    assert cfg.parallel.data_parallel_size == 2
+    assert cfg.training.train_batch_size == 2 * 2
+    cfg = resolved(world_size=4, model_parallel_size=2, pipe_parallel_size=0)
+    assert cfg.parallel.data_parallel_size == 2
+
+
+def test_padded_vocab():
+    assert pad_vocab_size(50257, 128, 1) == 50304
+    assert pad_vocab_size(50257, 128, 2) == 50432
+    assert pad_vocab_size(512, 128, 4) == 512
+    cfg = resolved(world_size=2, tokenizer_type="CharLevelTokenizer", model_parallel_size=2,
+                   make_vocab_size_divisible_by=100)
+    assert cfg.model.padded_vocab_size == 600  # 512 bytes+specials -> multiple of 200
+
+
+def test_precision_lr_and_decay_iters_are_derived():
+    cfg = resolved(fp16={"enabled": True})
+    assert cfg.training.precision == "fp16"
+    cfg = resolved(precision="bfloat16")
+    assert cfg.training.precision == "bfloat16"
+    cfg = resolved()
+    assert cfg.training.precision == "fp32"
+    assert cfg.optimizer.lr == 0.001
+    assert cfg.lr_schedule.lr_decay_iters == 10
+    assert cfg.model.max_position_embeddings == 32
+    assert cfg.model.intermediate_size == 256
+    assert resolved(activation="swiglu").model.intermediate_size == 192
+
+
+# ---- validation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "world, overrides, expected",
+    [
+        (2, {"model_parallel_size": 2, "num_attention_heads": 3, "hidden_size": 96}, "num_attention_heads \\(3\\) is not divisible by model_parallel_size \\(2\\)"),
+        (3, {"model_parallel_size": 2}, "world size 3 is not divisible"),
+        (1, {"seq_length": 128, "max_position_embeddings": 64}, "seq_length \\(128\\) exceeds max_position_embeddings \\(64\\)"),
+        (2, {"pipe_parallel_size": 1, "zero_optimization": {"stage": 2}}, "stage 2 cannot run with pipe_parallel_size 1"),
+        (2, {"pipe_parallel_size": 2, "zero_optimization": {"stage": 3}}, "stage 3 cannot run"),
+        (1, {"zero_optimization": {"stage": 5}}, "stage must be 0, 1, 2 or 3"),
+        (1, {"fp16": {"enabled": True}, "bf16": {"enabled": True}}, "both true"),
+        (1, {"num_kv_heads": 3}, "num_kv_heads \\(3\\)"),
+        (1, {"hidden_size": 66}, "hidden_size \\(66\\) is not divisible"),
+        (1, {"finetune": True}, "finetune: true needs `load`"),
+        (1, {"split": "90:10"}, "split"),
+        (1, {"train_data_paths": ["a", "b"], "train_data_weights": [1.0]}, "train_data_weights has 1"),
+        (1, {"train_epochs": 2}, "train_iters or train_epochs"),
+        (1, {"rotary_pct": 0.0}, "rotary_pct"),
+    ],
+)
+def test_invalid_combinations(world, overrides, expected):
+    with pytest.raises(ConfigError, match=expected):
+        resolved(world_size=world, **overrides)
+
+
+def test_zero_2_and_3_allowed_without_pipeline():
+    for stage in (0, 1, 2, 3):
+        cfg = resolved(world_size=2, pipe_parallel_size=0, zero_optimization={"stage": stage})
+        assert cfg.parallel.zero_optimization["stage"] == stage
+
+
+# ---- round trip, shipped configs, fixtures ---------------------------------------------------------
+
+
+def test_resolved_yaml_loads_back_to_the_same_config(tmp_path):
+    cfg = load_config([str(FIXTURES / "small_gpt.yml"), str(FIXTURES / "local_setup.yml")], world_size=2)
+    path = tmp_path / "resolved.yml"
+    path.write_text(dump_yaml(cfg))
+    again = load_config([str(path)], world_size=2)
+    assert again == cfg
+    with pytest.raises(ConfigError, match="global_num_gpus: 2 but the run has 4 ranks"):
+        load_config([str(path)], world_size=4)
+
+
+def _layout_world(names: list[str], config_dir: Path) -> int:
+    """A world size the files' tp x pp layout fits (2 data-parallel replicas)."""
+    import yaml
+
+    tp, pp = 1, 1
+    for name in names:
+        data = yaml.safe_load((config_dir / name).read_text()) or {}
+        data = {k.replace("-", "_"): v for k, v in data.items()}
+        tp = data.get("model_parallel_size", tp)
+        pp = max(data.get("pipe_parallel_size", pp), 1)
+    return tp * pp * 2
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yml")))
+def test_every_shipped_config_loads_alone_and_with_local_setup(name):
+    configs = REPO / "configs"
+    world = _layout_world([name], configs)
+    load_config([name], config_dir=str(configs), world_size=world)
+    load_config([name, "local_setup.yml"], config_dir=str(configs), world_size=world)
+
+
+@pytest.mark.parametrize("name", ["small_gpt.yml", "pythia_style.yml", "bf16_style.yml", "text_generation.yml"])
+def test_neox_format_fixtures_load(name):
+    world = _layout_world([name], FIXTURES)
+    cfg = load_config([name, "local_setup.yml"], config_dir=str(FIXTURES), world_size=world)
+    assert cfg.data.data_path == "data/enwik8/enwik8_text_document"
+
+
+def test_neox_fixture_values():
+    cfg = load_config(["pythia_style", "local_setup"], config_dir=str(FIXTURES), world_size=4)
+    assert cfg.model.gpt_j_residual and cfg.model.rotary_pct == 0.25
+    assert cfg.model.attention_config == [[["flash"], 6]]
+    assert cfg.training.precision == "fp16"
+    assert cfg.parallel.data_parallel_size == 2
+    assert cfg.training.train_batch_size == 8 * 2 * 2
+    assert cfg.checkpoint.extra_save_iters == [0, 1, 2, 4, 8]
+    bf16 = load_config(["bf16_style"], config_dir=str(FIXTURES), world_size=1)
+    assert bf16.training.precision == "bfloat16"
+
+
+# ---- the printer CLI and the generated docs ---------------------------------------------------------
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "megatron_lite.config", *args],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )
+
+
+def test_config_printer_prints_yaml_and_fails_clearly(tmp_path):
+    ok = run_cli("-d", str(FIXTURES), "small_gpt", "local_setup", "--world_size", "2")
+    assert ok.returncode == 0, ok.stderr
+    assert "num_layers: 4" in ok.stdout and "data_parallel_size: 2" in ok.stdout
+    bad = write(tmp_path, "bad.yml", "hidden_sise: 3\n")
+    result = run_cli(bad)
+    assert result.returncode == 1
+    assert "unknown config key 'hidden_sise'" in result.stderr and "hidden_size" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_docs_config_md_is_current():
+    result = subprocess.run(
+        [sys.executable, "tools/gen_config_docs.py", "--check", "docs/config.md"],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
