@@ -216,14 +216,22 @@ def load_or_build_index(paths: dict[str, str], build: Any, group: Any = None) ->
         return all(os.path.isfile(p) for p in paths.values())
 
     built = False
+    error: BaseException | None = None
     rank = _dist_rank(group)
     if rank is None or rank == 0:
         if not complete():
             logger.info("index mappings not cached, building: %s", paths["shuffle"])
-            _build_and_save(paths, build)
-            built = True
+            try:
+                _build_and_save(paths, build)
+                built = True
+            except Exception as exc:  # still reach the barrier so the other ranks do not hang
+                if rank is None:
+                    raise
+                error = exc
     if rank is not None:
         torch.distributed.barrier(group=group)
+        if error is not None:
+            raise error
         if not complete():
             logger.warning("index mappings not visible after rank 0 built them (no shared file "
                            "system?); building a local copy: %s", paths["shuffle"])

@@ -1,0 +1,207 @@
+"""Train/valid/test datasets from the data config, with GPT-NeoX's rules.
+
+Two ways to name the data (GPT-NeoX's): ``data_path`` (one dataset prefix whose documents are cut
+into train/valid/test by ``split``), or ``train_data_paths`` / ``valid_data_paths`` /
+``test_data_paths`` (lists of prefixes, each list blended by its ``*_data_weights``, equal weights
+when unset, or by document counts with ``weight_by_num_documents``). Separate paths win when both
+are given. ``train_label_data_paths`` (and valid/test) name label datasets parallel to the data
+paths, -100 marking tokens without loss.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from megatron_lite.data.blendable_dataset import BlendableDataset, weights_by_num_documents
+from megatron_lite.data.gpt_dataset import GPT2Dataset
+from megatron_lite.data.indexed_dataset import MMapIndexedDataset
+from megatron_lite.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+SPLIT_NAMES = ("train", "valid", "test")
+_NUMBER = r"\s*\d+(?:\.\d*)?(?:[eE][+-]?\d+)?\s*"
+
+
+def train_valid_test_num_samples(
+    train_iters: int, eval_interval: int, eval_iters: int, global_batch_size: int
+) -> tuple[int, int, int]:
+    """Samples each split must provide, as GPT-NeoX computes them.
+
+    Validation runs ``eval_iters`` batches every ``eval_interval`` steps and once more at the end;
+    the test split is evaluated once.
+    """
+    eval_total = (train_iters // eval_interval + 1) * eval_iters
+    return (
+        train_iters * global_batch_size,
+        eval_total * global_batch_size,
+        eval_iters * global_batch_size,
+    )
+
+
+def parse_split(split: str) -> list[float]:
+    """``"969,30,1"`` (or ``"969/30/1"``, or ``"100"``) as three proportions summing to 1."""
+    text = str(split).strip()
+    sep = "," if "," in text else "/"
+    parts = text.split(sep) if text else []
+    if not 1 <= len(parts) <= 3 or not all(re.fullmatch(_NUMBER, p) for p in parts):
+        raise ValueError(
+            f"bad split {split!r}: expected up to three non-negative numbers separated by ',' "
+            "or '/', e.g. '969,30,1'"
+        )
+    values = [float(p) for p in parts] + [0.0] * (3 - len(parts))
+    total = sum(values)
+    if total <= 0:
+        raise ValueError(f"bad split {split!r}: the proportions sum to zero")
+    return [v / total for v in values]
+
+
+def split_boundaries(split: str, num_documents: int) -> list[int]:
+    """Document boundaries [0, a, b, num_documents] of train/valid/test (GPT-NeoX rounding)."""
+    bounds = [0]
+    for fraction in parse_split(split):
+        bounds.append(bounds[-1] + int(round(fraction * float(num_documents))))
+    # Rounding can overshoot or undershoot by a document: GPT-NeoX shifts every boundary after
+    # the first by the difference, so the test split absorbs it.
+    diff = bounds[-1] - num_documents
+    bounds = [bounds[0]] + [b - diff for b in bounds[1:]]
+    return bounds
+
+
+def open_indexed_dataset(prefix: str, what: str = "data_path") -> MMapIndexedDataset:
+    """Open ``prefix``.bin/.idx, or fail naming the config key and the missing file."""
+    missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(
+            f"{what}: dataset prefix {prefix!r} not found (missing {', '.join(missing)}); give the "
+            "prefix without .bin/.idx, as written by tools/preprocess_data.py "
+            "(e.g. data/corpus_text_document)"
+        )
+    return MMapIndexedDataset(prefix)
+
+
+def normalized_weights_and_num_samples(
+    weights: Sequence[float], num_samples: int | None
+) -> tuple[list[float], list[int | None]]:
+    """Weights summing to 1 and each dataset's sample budget (GPT-NeoX: 0.5% headroom)."""
+    total = float(sum(weights))
+    if total <= 0 or any(w < 0 for w in weights):
+        raise ValueError(f"data weights must be non-negative and not all zero, got {list(weights)}")
+    norm = [w / total for w in weights]
+    if num_samples is None:
+        return norm, [None] * len(norm)
+    # The 1.005 leaves room for the blend's rounding so no dataset runs short.
+    return norm, [int(math.ceil(num_samples * w * 1.005)) for w in norm]
+
+
+def _cfg_list(cfg: Any, key: str) -> list | None:
+    value = getattr(cfg, key, None)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def _split_paths(cfg: Any, split: str) -> tuple[list[str], list[str] | None, list[float]]:
+    """(data prefixes, label prefixes or None, weights) of one split, validated."""
+    paths = _cfg_list(cfg, f"{split}_data_paths") or []
+    labels = _cfg_list(cfg, f"{split}_label_data_paths")
+    weights = _cfg_list(cfg, f"{split}_data_weights")
+    if weights is None:
+        weights = [1.0] * len(paths)
+    if len(weights) != len(paths):
+        raise ValueError(
+            f"{split}_data_weights has {len(weights)} entries but {split}_data_paths has "
+            f"{len(paths)} ({paths}): give one weight per path"
+        )
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(
+            f"{split}_label_data_paths has {len(labels)} entries but {split}_data_paths has "
+            f"{len(paths)} ({paths}): give one label dataset per data path"
+        )
+    return paths, labels, [float(w) for w in weights]
+
+
+def _build_blend(
+    cfg: Any, split: str, num_samples: int | None, seq_length: int, seed: int, **kwargs: Any
+) -> Any:
+    """One split of separate paths: a GPT2Dataset per path, blended when there are several."""
+    paths, label_paths, weights = _split_paths(cfg, split)
+    if not paths:
+        return None
+    data = [open_indexed_dataset(p, f"{split}_data_paths") for p in paths]
+    labels = [open_indexed_dataset(p, f"{split}_label_data_paths") for p in label_paths] if label_paths else None
+    if getattr(cfg, "weight_by_num_documents", False):
+        alpha = float(getattr(cfg, "weighted_sampler_alpha", 1.0))
+        # GPT-NeoX counts the items of the .idx (one per document as preprocess_data writes them).
+        weights = weights_by_num_documents([len(ds.sizes) for ds in data], alpha)
+        logger.info("%s weights by number of documents (alpha %s): %s", split, alpha, weights)
+    weights, budgets = normalized_weights_and_num_samples(weights, num_samples)
+    datasets = []
+    for i, (prefix, ds) in enumerate(zip(paths, data)):
+        datasets.append(GPT2Dataset(
+            f"{split}_{i}", prefix, np.arange(len(ds.sizes)), ds, budgets[i], seq_length, seed,
+            num_epochs=None if num_samples is not None else 1,
+            label_dataset=labels[i] if labels else None, **kwargs,
+        ))
+    if len(datasets) == 1:
+        return datasets[0]
+    return BlendableDataset(datasets, weights)
+
+
+def _build_split_datasets(
+    cfg: Any, seq_length: int, seed: int, num_samples: Sequence[int | None], **kwargs: Any
+) -> tuple[Any, Any, Any]:
+    """``data_path`` cut by ``split`` into contiguous document ranges."""
+    prefix = cfg.data_path
+    data = open_indexed_dataset(prefix, "data_path")
+    split = getattr(cfg, "split", None) or "969,30,1"
+    bounds = split_boundaries(split, len(data.sizes))
+    result = []
+    for i, name in enumerate(SPLIT_NAMES):
+        start, stop = bounds[i], bounds[i + 1]
+        logger.info("%s split of %s: documents [%d, %d), %d documents", name, prefix, start, stop, stop - start)
+        if stop <= start:
+            if num_samples[i]:
+                logger.warning("split %r leaves the %s split of %s empty (%d documents in all)",
+                               split, name, prefix, len(data.sizes))
+            result.append(None)
+            continue
+        n = num_samples[i]
+        result.append(GPT2Dataset(name, prefix, np.arange(start, stop), data, n, seq_length, seed,
+                                  num_epochs=None if n is not None else 1, **kwargs))
+    return tuple(result)
+
+
+def build_train_valid_test_datasets(
+    data_cfg: Any,
+    seq_length: int,
+    seed: int,
+    num_samples: tuple[int | None, int | None, int | None],
+    *,
+    cache_dir: str | None = None,
+    group: Any = None,
+) -> tuple[Any, Any, Any]:
+    """(train, valid, test) datasets; a split without data is None.
+
+    ``num_samples`` is what :func:`train_valid_test_num_samples` returns; an entry of None builds
+    exactly one epoch of that split instead (``train_epochs``). Under torch.distributed every rank
+    of ``group`` (default: the world) must call this: rank 0 builds the index caches, the others
+    wait. ``cache_dir`` puts the cached index files there instead of next to the data.
+    """
+    kwargs = {"cache_dir": cache_dir, "group": group}
+    if _cfg_list(data_cfg, "train_data_paths"):
+        return tuple(
+            _build_blend(data_cfg, split, num_samples[i], seq_length, seed, **kwargs)
+            for i, split in enumerate(SPLIT_NAMES)
+        )
+    if getattr(data_cfg, "data_path", None):
+        return _build_split_datasets(data_cfg, seq_length, seed, num_samples, **kwargs)
+    raise ValueError("no training data: set data_path (split by `split`) or train_data_paths")
