@@ -25,6 +25,7 @@ import hashlib
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -141,12 +142,19 @@ def index_cache_key(
     The document sizes are hashed too, so re-preprocessing the data under the same prefix never
     picks up a cache built for the old tokens.
     """
-    h = hashlib.sha256()
+    h = hashlib.blake2b(digest_size=8)
     h.update(f"v{INDEX_FORMAT_VERSION}|e{num_epochs}|sl{seq_length}|s{seed}|".encode())
     docs = np.ascontiguousarray(documents, dtype=np.int64)
-    h.update(docs.tobytes())
-    h.update(np.ascontiguousarray(sizes[docs], dtype=np.int64).tobytes())
-    return h.hexdigest()[:16]
+    first = int(docs[0]) if len(docs) else 0
+    if np.array_equal(docs, np.arange(first, first + len(docs))):
+        # The usual split case: a document range, whose sizes are a view (no copy to hash).
+        h.update(f"range({first},{first + len(docs)})|".encode())
+        doc_sizes = sizes[first:first + len(docs)]
+    else:
+        h.update(memoryview(docs))
+        doc_sizes = sizes[docs]
+    h.update(memoryview(np.ascontiguousarray(doc_sizes)))
+    return h.hexdigest()
 
 
 def index_cache_paths(
@@ -196,7 +204,10 @@ def _dist_rank(group: Any) -> int | None:
     return torch.distributed.get_rank(group=group)
 
 
-def _build_and_save(paths: dict[str, str], build: Any) -> None:
+IndexBuilder = Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _build_and_save(paths: dict[str, str], build: IndexBuilder) -> None:
     start = time.time()
     arrays = dict(zip(("doc", "sample", "shuffle"), build()))
     # shuffle_idx goes last: the existence of all three files is what marks the cache complete.
@@ -205,7 +216,9 @@ def _build_and_save(paths: dict[str, str], build: Any) -> None:
     logger.info("built index mappings in %.2f s: %s", time.time() - start, paths["shuffle"])
 
 
-def load_or_build_index(paths: dict[str, str], build: Any, group: Any = None) -> tuple[dict[str, np.ndarray], bool]:
+def load_or_build_index(
+    paths: dict[str, str], build: IndexBuilder, group: Any = None
+) -> tuple[dict[str, np.ndarray], bool]:
     """Load the cached arrays, building them first if needed; returns (arrays, built_here).
 
     Under torch.distributed, rank 0 of ``group`` builds while the others wait at a barrier; every
