@@ -27,6 +27,7 @@ __all__ = [
     "ConfigError",
     "config_from_flat",
     "dump_yaml",
+    "layout_world_size",
     "load_config",
     "load_resolved",
     "pad_vocab_size",
@@ -62,6 +63,13 @@ def load_config(
         except (HostfileError, OSError) as exc:
             raise ConfigError(str(exc)) from None
     return resolve(cfg, world_size)
+
+
+def layout_world_size(names: list[str], config_dir: str | None = None) -> int:
+    """tp x pipeline stages of the merged files: the smallest world their layout fits."""
+    values = merge_files(resolve_config_paths(names, config_dir)).values
+    tp = int(values.get("model_parallel_size", 1))
+    return tp * pipe_stages(int(values.get("pipe_parallel_size", 0)))
 
 
 def load_resolved(path: str, world_size: int) -> Config:

@@ -41,7 +41,7 @@ def _train(rank: int, world: int, stage: int) -> dict:
     x, y = _data()
     micro = cfg.training.train_micro_batch_size_per_gpu
     losses = []
-    for step in range(2):
+    for _step in range(2):
         for m in range(cfg.training.gradient_accumulation_steps):
             # global batch order: micro step m covers samples [m*micro*dp, (m+1)*micro*dp)
             start = m * micro * world + rank * micro

@@ -14,6 +14,7 @@ from megatron_lite.config import (
     ConfigError,
     config_from_flat,
     dump_yaml,
+    layout_world_size,
     load_config,
     pad_vocab_size,
 )
@@ -246,16 +247,8 @@ def test_resolved_yaml_loads_back_to_the_same_config(tmp_path):
 
 
 def _layout_world(names: list[str], config_dir: Path) -> int:
-    """A world size the files' tp x pp layout fits (2 data-parallel replicas)."""
-    import yaml
-
-    tp, pp = 1, 1
-    for name in names:
-        data = yaml.safe_load((config_dir / name).read_text()) or {}
-        data = {k.replace("-", "_"): v for k, v in data.items()}
-        tp = data.get("model_parallel_size", tp)
-        pp = max(data.get("pipe_parallel_size", pp), 1)
-    return tp * pp * 2
+    """A world size the files' tp x pp layout fits, with 2 data-parallel replicas."""
+    return 2 * layout_world_size(names, str(config_dir))
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yml")))
