@@ -69,8 +69,13 @@ def test_workers_report_consistent_parallel_state(tmp_path, world, tp, pp):
         assert (s["tp_rank"], s["dp_rank"], s["pp_rank"]) == expected_coords(s["rank"], tp, stages, dp)
         assert s["measured"] == {"tp": tp, "pp": stages, "dp": dp, "mp": tp * stages}
         assert s["config_dp"] == dp and s["config_world"] == world
-    # The run directory holds the resolved config, which loads back.
+    # The run directory holds the resolved config, which loads back, and one log per rank.
     run_dir = next((tmp_path / "logs").iterdir())
+    for rank in range(world):
+        log = (run_dir / f"rank{rank}.log").read_text()
+        assert f"[rank {rank}] INFO megatron_lite.utils.distributed: parallel layout" in log
+    # The console shows rank 0's INFO lines only.
+    assert "[rank 0] INFO" in result.stderr and "[rank 1] INFO" not in result.stderr
     printed = subprocess.run(
         [sys.executable, "-m", "megatron_lite.config", str(run_dir / "config.yml")],
         capture_output=True, text=True, cwd=REPO, timeout=60,

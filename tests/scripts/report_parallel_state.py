@@ -10,9 +10,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from megatron_lite.launcher.worker import parse_worker_args
-from megatron_lite.utils.distributed import init_distributed
-from megatron_lite.utils.logging import setup_logging
+from megatron_lite.utils.distributed import start_worker
 
 
 def measured_size(group) -> int:
@@ -22,9 +20,7 @@ def measured_size(group) -> int:
 
 
 def main() -> None:
-    args = parse_worker_args()
-    setup_logging()
-    state = init_distributed(args.cfg)
+    args, state = start_worker()
     report = state.describe()
     report["measured"] = {
         "tp": measured_size(state.tp_group),
