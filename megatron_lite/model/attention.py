@@ -1,0 +1,106 @@
+"""Causal self-attention with tensor-parallel heads, through scaled_dot_product_attention.
+
+The fused QKV projection is laid out per key/value group, ``[groups, q_per_group + 2, head_dim]``
+rows: with plain multi-head attention (one query per group) that is ``[heads, 3, head_dim]``,
+exactly Hugging Face GPTNeoX's ``query_key_value``; splitting the rows into contiguous chunks
+gives every tensor-parallel rank whole groups.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megatron_lite.config.schema import ModelConfig
+from megatron_lite.model.init_methods import init_std
+from megatron_lite.model.kv_cache import KVCache
+from megatron_lite.model.positional import RotaryEmbedding, alibi_bias, alibi_slopes
+from megatron_lite.parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megatron_lite.parallel.random import get_rng_tracker
+from megatron_lite.parallel.state import ParallelState
+
+
+class ParallelAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, state: ParallelState, layer_number: int, seed: int) -> None:
+        super().__init__()
+        h, heads = cfg.hidden_size, cfg.num_attention_heads
+        kv = cfg.num_kv_heads or heads
+        self.head_dim = h // heads
+        self.heads_local, self.kv_local = heads // state.tp_size, kv // state.tp_size
+        self.q_per_group = heads // kv
+        self.layer_number = layer_number
+        self.dropout = cfg.attention_dropout
+        std = init_std(cfg.init_method, cfg.init_method_std, h, cfg.num_layers)
+        out_std = init_std(cfg.output_layer_init_method, cfg.init_method_std, h, cfg.num_layers)
+        prefix = f"layers.{layer_number}.attention"
+        self.query_key_value = ColumnParallelLinear(
+            h, (heads + 2 * kv) * self.head_dim, state, bias=cfg.use_bias_in_attn_linear,
+            init_std=std, seed=seed, name=f"{prefix}.query_key_value",
+        )
+        self.dense = RowParallelLinear(
+            heads * self.head_dim, h, state, bias=cfg.use_bias_in_attn_linear,
+            init_std=out_std, seed=seed, name=f"{prefix}.dense",
+        )
+        self.rotary = (
+            RotaryEmbedding(self.head_dim, cfg.rotary_pct, cfg.rotary_emb_base)
+            if cfg.pos_emb == "rotary" else None
+        )
+        if cfg.pos_emb == "alibi":
+            first = state.tp_rank * self.heads_local
+            slopes = alibi_slopes(heads)[first : first + self.heads_local]
+            self.register_buffer("alibi_slopes", slopes, persistent=False)
+        else:
+            self.alibi_slopes = None
+
+    def _split_qkv(self, qkv: torch.Tensor):
+        b, s, _ = qkv.shape
+        qkv = qkv.view(b, s, self.kv_local, self.q_per_group + 2, self.head_dim)
+        q = qkv[:, :, :, : self.q_per_group].reshape(b, s, self.heads_local, self.head_dim)
+        return q, qkv[:, :, :, -2], qkv[:, :, :, -1]  # [b, s, heads|kv, d]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x [b, s, h] -> [b, s, h]. ``attention_mask`` (bool [b, 1, s, k], True = attend)
+        is only needed for padded batches; causality is built in."""
+        q, k, v = self._split_qkv(self.query_key_value(x))
+        if self.rotary is not None:
+            cos, sin = self.rotary.cos_sin(position_ids, q.dtype)
+            q, k = self.rotary.apply(q, cos, sin), self.rotary.apply(k, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [b, heads|kv, s, d]
+        past = 0
+        if cache is not None:
+            past = cache.seen
+            k, v = cache.update(self.layer_number, k, v)
+        mask = self._mask(q, k.shape[2], past, attention_mask)
+        dropout = self.dropout if self.training else 0.0
+        with get_rng_tracker().fork():  # dropout on this rank's heads: per-rank stream
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout,
+                is_causal=mask is None and q.shape[2] > 1,
+                enable_gqa=self.q_per_group > 1,
+            )
+        b, _, s, _ = out.shape
+        out = out.transpose(1, 2).reshape(b, s, self.heads_local * self.head_dim)
+        return self.dense(out)
+
+    def _mask(self, q, k_len, past, attention_mask):
+        """None when plain causal attention suffices (the fast, flash-eligible path)."""
+        s = q.shape[2]
+        needs_explicit = self.alibi_slopes is not None or attention_mask is not None or (past and s > 1)
+        if not needs_explicit:
+            return None
+        q_pos = torch.arange(past, past + s, device=q.device)
+        causal = q_pos.view(-1, 1) >= torch.arange(k_len, device=q.device).view(1, -1)  # [s, k]
+        if self.alibi_slopes is not None:
+            mask = alibi_bias(self.alibi_slopes, q_pos, k_len, q.dtype)  # [1, heads, s, k]
+            if attention_mask is not None:
+                mask = mask.masked_fill(~attention_mask, float("-inf"))
+            return mask
+        mask = causal.view(1, 1, s, k_len)
+        return mask & attention_mask if attention_mask is not None else mask

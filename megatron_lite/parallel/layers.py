@@ -1,0 +1,155 @@
+"""Tensor-parallel layers: ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding.
+
+Initialization is layout-independent: every weight is first drawn whole ("master" weight) from a
+generator seeded by a stable name, then this rank keeps its slice. So a tp=1 and a tp=4 model
+built from the same seed hold the same numbers, which is what the invariance tests rely on
+(Megatron's CPU-initialization path does the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megatron_lite.parallel.mappings import (
+    copy_to_region,
+    gather_from_region,
+    reduce_from_region,
+    scatter_to_region,
+)
+from megatron_lite.parallel.state import ParallelState
+
+# Reorders master rows before slicing: rows -> rows in "rank-major" order (see glu_row_order).
+RowOrder = Callable[[int, int], torch.Tensor]
+
+
+def stable_seed(seed: int, name: str) -> int:
+    """A 63-bit seed from the run seed and a parameter's name (same on every rank and run)."""
+    digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def master_normal(shape: tuple[int, ...], std: float, seed: int, name: str) -> torch.Tensor:
+    """The whole weight, N(0, std), drawn on the CPU in fp32."""
+    gen = torch.Generator().manual_seed(stable_seed(seed, name))
+    return torch.empty(shape).normal_(0.0, std, generator=gen)
+
+
+def glu_row_order(rows: int, tp: int) -> torch.Tensor:
+    """Row order for a fused [value; gate] projection so each rank gets its value AND gate rows.
+
+    Canonical (tp=1) layout is [value (rows/2); gate (rows/2)]. Rank r must hold
+    [value_r; gate_r], so the master rows are permuted to [v_0, g_0, v_1, g_1, ...].
+    """
+    half, chunk = rows // 2, rows // 2 // tp
+    order = [torch.arange(r * chunk, (r + 1) * chunk) + off for r in range(tp) for off in (0, half)]
+    return torch.cat(order)
+
+
+class ColumnParallelLinear(nn.Module):
+    """``y = x A^T + b`` with A split by output rows: rank r computes output columns r.
+
+    Input [*, in] (replicated) -> output [*, out/tp], or [*, out] with ``gather_output``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        state: ParallelState,
+        *,
+        bias: bool = True,
+        gather_output: bool = False,
+        init_std: float = 0.02,
+        seed: int = 0,
+        name: str = "linear",
+        row_order: RowOrder | None = None,
+    ) -> None:
+        super().__init__()
+        if out_features % state.tp_size:
+            raise ValueError(f"{name}: {out_features} outputs not divisible by tp {state.tp_size}")
+        self.state, self.gather_output = state, gather_output
+        self.out_local = out_features // state.tp_size
+        master = master_normal((out_features, in_features), init_std, seed, name)
+        if row_order is not None:
+            master = master[row_order(out_features, state.tp_size)]
+        rows = slice(state.tp_rank * self.out_local, (state.tp_rank + 1) * self.out_local)
+        self.weight = nn.Parameter(master[rows].clone())  # [out/tp, in]
+        self.bias = nn.Parameter(torch.zeros(self.out_local)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = copy_to_region(x, self.state)
+        y = F.linear(x, self.weight, self.bias)  # [*, out/tp]
+        return gather_from_region(y, self.state) if self.gather_output else y
+
+
+class RowParallelLinear(nn.Module):
+    """``y = x A^T + b`` with A split by input columns; partial sums are all-reduced.
+
+    Input [*, in/tp] (``input_is_parallel``) or [*, in] -> output [*, out] (replicated).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        state: ParallelState,
+        *,
+        bias: bool = True,
+        input_is_parallel: bool = True,
+        init_std: float = 0.02,
+        seed: int = 0,
+        name: str = "linear",
+    ) -> None:
+        super().__init__()
+        if in_features % state.tp_size:
+            raise ValueError(f"{name}: {in_features} inputs not divisible by tp {state.tp_size}")
+        self.state, self.input_is_parallel = state, input_is_parallel
+        self.in_local = in_features // state.tp_size
+        master = master_normal((out_features, in_features), init_std, seed, name)
+        cols = slice(state.tp_rank * self.in_local, (state.tp_rank + 1) * self.in_local)
+        self.weight = nn.Parameter(master[:, cols].clone())  # [out, in/tp]
+        # The bias is added once, after the reduction, so every rank holds all of it.
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.input_is_parallel:
+            x = scatter_to_region(x, self.state)
+        y = reduce_from_region(F.linear(x, self.weight), self.state)  # [*, out]
+        return y + self.bias if self.bias is not None else y
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Embedding with the (padded) vocabulary split in contiguous row ranges across ranks."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        state: ParallelState,
+        *,
+        init_std: float = 0.02,
+        seed: int = 0,
+        name: str = "embedding",
+    ) -> None:
+        super().__init__()
+        if num_embeddings % state.tp_size:
+            raise ValueError(f"vocabulary {num_embeddings} not divisible by tp {state.tp_size}")
+        self.state = state
+        per_rank = num_embeddings // state.tp_size
+        self.vocab_start, self.vocab_end = state.tp_rank * per_rank, (state.tp_rank + 1) * per_rank
+        master = master_normal((num_embeddings, embedding_dim), init_std, seed, name)
+        self.weight = nn.Parameter(master[self.vocab_start : self.vocab_end].clone())  # [v/tp, h]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.state.tp_size == 1:
+            return F.embedding(tokens, self.weight)
+        # Ids owned by other ranks look up row 0 and are zeroed; the all-reduce fills them in.
+        outside = (tokens < self.vocab_start) | (tokens >= self.vocab_end)
+        local = (tokens - self.vocab_start).masked_fill(outside, 0)
+        out = F.embedding(local, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)
+        return reduce_from_region(out, self.state)  # [b, s, h]
