@@ -291,6 +291,11 @@ class GPT2Dataset(torch.utils.data.Dataset):
             raise ValueError(f"{name}: document ids outside [0, {len(sizes)}) for {data_prefix}")
         if label_dataset is not None and not np.array_equal(label_dataset.sizes, sizes):
             raise ValueError(f"{name}: the label dataset's document sizes differ from {data_prefix}'s")
+        label_dtype = getattr(label_dataset, "dtype", None)
+        if label_dtype is not None and np.dtype(label_dtype).kind == "u":
+            logger.warning("%s: the label dataset is stored as %s, which cannot hold -100: no "
+                           "token will be masked (write label files with a signed dtype)",
+                           name, np.dtype(label_dtype))
         if num_samples is None and num_epochs is None:
             raise ValueError(f"{name}: give num_samples or num_epochs")
         self.name = name
