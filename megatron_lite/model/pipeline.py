@@ -1,0 +1,100 @@
+"""The GPT model as a list of DeepSpeed layer specs, for ``PipelineModule``.
+
+Stages pass one tensor, the hidden state [b, s, h]; positions are recomputed from its length
+(GPT-NeoX does not reset positions at document boundaries). Spec index -> GPTModel name:
+
+    0            embedding.*        (TiedLayerSpec "embed" when the head is tied)
+    1 .. L       layers.{i-1}.*
+    L + 1        final_layernorm.*
+    L + 2        lm_head.*          (for a tied head: the embedding again, as forward_fn)
+
+``pipeline_index_to_prefix`` encodes that table, for checkpoint readers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megatron_lite.config.schema import ModelConfig
+from megatron_lite.model.embedding import Embedding, LMHead
+from megatron_lite.model.gpt import check_model_config, default_position_ids
+from megatron_lite.model.transformer import TransformerLayer
+from megatron_lite.parallel.mappings import copy_to_region
+from megatron_lite.parallel.state import ParallelState
+
+
+class EmbeddingPipe(Embedding):
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # tokens [b, s] -> [b, s, h]
+        return super().forward(tokens, default_position_ids(tokens))
+
+
+class TransformerLayerPipe(TransformerLayer):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [b, s, h] -> [b, s, h]
+        return super().forward(x, default_position_ids(x))
+
+
+class LayerNormPipe(nn.LayerNorm):
+    """Final LayerNorm as a pipeline layer (parameters named weight/bias, as GPTModel's)."""
+
+
+class RMSNormPipe(nn.RMSNorm):
+    """Final RMSNorm as a pipeline layer."""
+
+
+class LMHeadPipe(LMHead):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [b, s, h] -> [b, s, v/tp]
+        return super().forward(x)
+
+
+def _final_norm_spec(cfg: ModelConfig) -> Any:
+    from deepspeed.pipe import LayerSpec
+
+    if cfg.norm == "rmsnorm":
+        return LayerSpec(RMSNormPipe, cfg.hidden_size, eps=cfg.rms_norm_epsilon)
+    return LayerSpec(LayerNormPipe, cfg.hidden_size, eps=cfg.layernorm_epsilon,
+                     bias=cfg.use_bias_in_norms)
+
+
+def _tied_head(state: ParallelState):
+    def forward(embedding: EmbeddingPipe, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(copy_to_region(x, state), embedding.weight)  # [b, s, v/tp]
+
+    return forward
+
+
+def layer_specs(cfg: ModelConfig, state: ParallelState, seed: int) -> list[Any]:
+    """DeepSpeed ``LayerSpec``s of the whole model, first stage to last."""
+    from deepspeed.pipe import LayerSpec, TiedLayerSpec
+
+    check_model_config(cfg)
+    tied = not cfg.no_weight_tying
+    specs: list[Any] = []
+    if tied:
+        specs.append(TiedLayerSpec("embed", EmbeddingPipe, cfg, state, seed, tied_weight_attr="weight"))
+    else:
+        specs.append(LayerSpec(EmbeddingPipe, cfg, state, seed))
+    specs += [LayerSpec(TransformerLayerPipe, cfg, state, i, seed) for i in range(cfg.num_layers)]
+    specs.append(_final_norm_spec(cfg))
+    if tied:
+        specs.append(TiedLayerSpec("embed", EmbeddingPipe, cfg, state, seed,
+                                   forward_fn=_tied_head(state), tied_weight_attr="weight"))
+    else:
+        specs.append(LayerSpec(LMHeadPipe, cfg, state, seed))
+    return specs
+
+
+def pipeline_index_to_prefix(index: int, num_layers: int) -> str:
+    """GPTModel state-dict prefix of the parameters saved for pipeline layer ``index``."""
+    if index == 0:
+        return "embedding."
+    if 1 <= index <= num_layers:
+        return f"layers.{index - 1}."
+    if index == num_layers + 1:
+        return "final_layernorm."
+    if index == num_layers + 2:
+        return "lm_head."
+    raise ValueError(f"pipeline layer index {index} out of range for {num_layers} layers")

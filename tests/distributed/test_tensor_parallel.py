@@ -1,0 +1,82 @@
+"""Tensor-parallel invariance: tp=2 and tp=4 give the tp=1 logits, loss and parameter
+gradients (gathered and merged) for sequential and parallel residual, GQA and SwiGLU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .spawn import run_distributed
+
+VARIANTS = {
+    "sequential": {"gpt_j_residual": False, "pos_emb": "rotary", "rotary_pct": 0.25},
+    "parallel_residual": {"gpt_j_residual": True, "pos_emb": "rotary", "no_weight_tying": True},
+    "gqa": {"num_kv_heads": 4, "pos_emb": "rotary"},
+    "swiglu_alibi_rms": {"activation": "swiglu", "pos_emb": "alibi", "norm": "rmsnorm",
+                          "use_bias_in_mlp": False},
+    "learned_untied": {"pos_emb": "learned", "no_weight_tying": True},
+}
+
+
+def _flat(variant: str) -> dict:
+    return {
+        "num_layers": 2, "hidden_size": 64, "num_attention_heads": 8, "seq_length": 16,
+        "train_micro_batch_size_per_gpu": 2, "optimizer": {"params": {"lr": 1e-3}},
+        "padded_vocab_size": 128, "make_vocab_size_divisible_by": 32, **VARIANTS[variant],
+    }
+
+
+def _run(rank: int, world: int, tp: int) -> dict:
+    import torch.distributed as dist
+
+    from megatron_lite.config import config_from_flat
+    from megatron_lite.config.derived import resolve
+    from megatron_lite.model.gpt import GPTModel
+    from megatron_lite.model.sharding import merge_shards
+    from megatron_lite.parallel.cross_entropy import masked_mean_loss
+    from megatron_lite.utils.distributed import init_distributed
+
+    results = {}
+    state = None
+    for variant in VARIANTS:
+        cfg = resolve(config_from_flat({**_flat(variant), "model_parallel_size": tp}), world)
+        if state is None:
+            state = init_distributed(cfg)
+        model = GPTModel(cfg.model, state, seed=7)
+        gen = torch.Generator().manual_seed(3)
+        tokens = torch.randint(0, 120, (2, 16), generator=gen)
+        labels = torch.randint(0, 120, (2, 16), generator=gen)
+        mask = (torch.rand(2, 16, generator=gen) > 0.2).long()
+        with torch.no_grad():
+            logits = model(tokens, gather_logits=True)
+        loss = masked_mean_loss(model(tokens), labels, mask, state)
+        loss.backward()
+        grads = {}
+        glu = cfg.model.activation in ("swiglu", "geglu")
+        for name, param in model.named_parameters():
+            parts = [torch.empty_like(param.grad) for _ in range(tp)]
+            dist.all_gather(parts, param.grad.contiguous(), group=state.tp_group)
+            grads[name] = merge_shards(name, parts, glu=glu)
+        results[variant] = {"logits": logits, "loss": loss.detach(), "grads": grads}
+    dist.destroy_process_group()
+    return results
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return run_distributed(_run, 1, 1)[0]
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_tp_matches_single_rank(reference, tp):
+    per_rank = run_distributed(_run, tp, tp)
+    for variant, ref in reference.items():
+        for rank_result in per_rank:
+            got = rank_result[variant]
+            torch.testing.assert_close(got["logits"], ref["logits"], rtol=1e-5, atol=1e-5,
+                                       msg=lambda m, v=variant: f"{v} logits: {m}")
+            torch.testing.assert_close(got["loss"], ref["loss"], rtol=1e-6, atol=1e-6)
+            assert got["grads"].keys() == ref["grads"].keys()
+            for name, grad in ref["grads"].items():
+                torch.testing.assert_close(got["grads"][name], grad, rtol=1e-4, atol=1e-6,
+                                           msg=lambda m, n=name, v=variant: f"{v} {n}: {m}")
