@@ -1,0 +1,103 @@
+"""The model on one process: KV-cache decoding, causality, sizes, options, checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from megatron_lite.config import config_from_flat
+from megatron_lite.config.derived import resolve
+from megatron_lite.model.gpt import GPTModel, count_parameters, flops_per_token
+from megatron_lite.parallel.random import seed_everything
+
+OPTIONS = {
+    "rotary": {"pos_emb": "rotary", "rotary_pct": 0.5},
+    "learned": {"pos_emb": "learned"},
+    "sinusoidal": {"pos_emb": "sinusoidal"},
+    "alibi": {"pos_emb": "alibi"},
+    "none": {"pos_emb": "none"},
+    "rmsnorm_swiglu": {"norm": "rmsnorm", "activation": "swiglu"},
+    "geglu_gqa": {"activation": "geglu", "num_kv_heads": 2},
+    "parallel_untied_nobias": {"gpt_j_residual": True, "no_weight_tying": True,
+                               "use_bias_in_attn_linear": False, "use_bias_in_mlp": False,
+                               "use_bias_in_norms": False},
+    "relu_silu_inits": {"activation": "relu", "init_method": "small_init",
+                        "output_layer_init_method": "wang_init"},
+}
+
+
+def model_cfg(**overrides):
+    flat = {"num_layers": 3, "hidden_size": 64, "num_attention_heads": 4, "seq_length": 32,
+            "padded_vocab_size": 96, "make_vocab_size_divisible_by": 32,
+            "train_micro_batch_size_per_gpu": 1, "optimizer": {"params": {"lr": 1e-3}}, **overrides}
+    return resolve(config_from_flat(flat), 1).model
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_kv_cache_decoding_equals_recomputation(option):
+    model = GPTModel(model_cfg(**OPTIONS[option]), seed=1).eval()
+    tokens = torch.randint(0, 96, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(tokens)
+        cache = model.new_kv_cache(batch_size=2, max_len=20)
+        steps = [model(tokens[:, :12], cache=cache)]  # prefill
+        steps += [model(tokens[:, i : i + 1], cache=cache) for i in range(12, 16)]  # one at a time
+        steps.append(model(tokens[:, 16:], cache=cache))  # a chunk after the prefill
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_future_tokens_never_change_earlier_logits(option):
+    model = GPTModel(model_cfg(**OPTIONS[option]), seed=2).eval()
+    tokens = torch.randint(0, 96, (1, 24), generator=torch.Generator().manual_seed(1))
+    changed = tokens.clone()
+    changed[0, 15:] = (changed[0, 15:] + 7) % 96
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    torch.testing.assert_close(a[:, :15], b[:, :15], rtol=0, atol=0)
+    assert not torch.allclose(a[:, 15:], b[:, 15:])
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_parameter_count_formula_matches_the_module(option):
+    cfg = model_cfg(**OPTIONS[option])
+    model = GPTModel(cfg, seed=0)
+    assert count_parameters(cfg) == sum(p.numel() for p in model.parameters())
+
+
+def test_flops_per_token_formula():
+    cfg = model_cfg()
+    h, layers, s, v = 64, 3, 32, 96
+    expected = 72 * layers * h * h * (1 + s / (6 * h) + v / (16 * layers * h))
+    assert flops_per_token(cfg) == pytest.approx(expected)
+
+
+def test_same_seed_same_weights_other_seed_differs():
+    a, b, c = (GPTModel(model_cfg(), seed=s) for s in (5, 5, 6))
+    for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(pa, pb), name
+        if name.endswith(("query_key_value.weight", "word_embeddings.weight")):
+            assert not torch.equal(pa, pc)
+
+
+def test_activation_checkpointing_with_dropout_gives_identical_gradients():
+    grads = []
+    for ckpt in (False, True):
+        cfg = model_cfg(hidden_dropout=0.2, attention_dropout=0.2, checkpoint_activations=ckpt)
+        model = GPTModel(cfg, seed=3).train()
+        seed_everything(11, tp_rank=0)
+        tokens = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(4))
+        model(tokens).float().logsumexp(-1).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_dropout_is_active_in_training_only():
+    model = GPTModel(model_cfg(hidden_dropout=0.5), seed=3)
+    tokens = torch.randint(0, 96, (1, 8))
+    seed_everything(1, tp_rank=0)
+    model.train()
+    assert not torch.equal(model(tokens), model(tokens))
+    model.eval()
+    assert torch.equal(model(tokens), model(tokens))
