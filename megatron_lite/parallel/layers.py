@@ -9,7 +9,7 @@ built from the same seed hold the same numbers, which is what the invariance tes
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,14 @@ def glu_row_order(rows: int, tp: int) -> torch.Tensor:
     return torch.cat(order)
 
 
+def mark_tensor_parallel(*params: nn.Parameter | None) -> None:
+    """Tag split parameters (Megatron's attribute) so that DeepSpeed's gradient-norm clipping
+    sums them over tensor-parallel ranks but counts replicated ones (norms) only once."""
+    for param in params:
+        if param is not None:
+            param.tensor_model_parallel = True
+
+
 class ColumnParallelLinear(nn.Module):
     """``y = x A^T + b`` with A split by output rows: rank r computes output columns r.
 
@@ -80,6 +88,7 @@ class ColumnParallelLinear(nn.Module):
         rows = slice(state.tp_rank * self.out_local, (state.tp_rank + 1) * self.out_local)
         self.weight = nn.Parameter(master[rows].clone())  # [out/tp, in]
         self.bias = nn.Parameter(torch.zeros(self.out_local)) if bias else None
+        mark_tensor_parallel(self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = copy_to_region(x, self.state)
@@ -113,6 +122,7 @@ class RowParallelLinear(nn.Module):
         master = master_normal((out_features, in_features), init_std, seed, name)
         cols = slice(state.tp_rank * self.in_local, (state.tp_rank + 1) * self.in_local)
         self.weight = nn.Parameter(master[:, cols].clone())  # [out, in/tp]
+        mark_tensor_parallel(self.weight)
         # The bias is added once, after the reduction, so every rank holds all of it.
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
@@ -144,6 +154,7 @@ class VocabParallelEmbedding(nn.Module):
         self.vocab_start, self.vocab_end = state.tp_rank * per_rank, (state.tp_rank + 1) * per_rank
         master = master_normal((num_embeddings, embedding_dim), init_std, seed, name)
         self.weight = nn.Parameter(master[self.vocab_start : self.vocab_end].clone())  # [v/tp, h]
+        mark_tensor_parallel(self.weight)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.state.tp_size == 1:
