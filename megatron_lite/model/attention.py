@@ -71,7 +71,7 @@ class ParallelAttention(nn.Module):
         q, k, v = self._split_qkv(self.query_key_value(x))
         if self.rotary is not None:
             cos, sin = self.rotary.cos_sin(position_ids, q.dtype)
-            q, k = self.rotary.apply(q, cos, sin), self.rotary.apply(k, cos, sin)
+            q, k = self.rotary.rotate(q, cos, sin), self.rotary.rotate(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [b, heads|kv, s, d]
         past = 0
         if cache is not None:

@@ -9,7 +9,11 @@ from torch import nn
 from megatron_lite.config.schema import ModelConfig
 from megatron_lite.model.init_methods import init_std
 from megatron_lite.model.positional import sinusoidal_table
-from megatron_lite.parallel.layers import ColumnParallelLinear, VocabParallelEmbedding, master_normal
+from megatron_lite.parallel.layers import (
+    ColumnParallelLinear,
+    VocabParallelEmbedding,
+    master_normal,
+)
 from megatron_lite.parallel.mappings import copy_to_region, gather_from_region
 from megatron_lite.parallel.state import ParallelState
 

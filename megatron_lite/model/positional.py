@@ -30,7 +30,7 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(2)  # [b, s, 1, rot]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x: [b, s, heads, head_dim] -> same shape, first rotary_ndims rotated."""
         rot, rest = x[..., : self.rotary_ndims], x[..., self.rotary_ndims :]
         half = self.rotary_ndims // 2

@@ -1,0 +1,25 @@
+"""train.py's body: start the worker, train, turn expected failures into one clear line."""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+
+from megatron_lite.utils.distributed import start_worker
+from megatron_lite.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from megatron_lite.training.checkpoint_format import CheckpointError
+    from megatron_lite.training.trainer import Trainer, TrainingError
+
+    args, state = start_worker(argv)
+    try:
+        code = Trainer(args, state).train()
+    except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        logger.error("%s", exc)
+        code = 1
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return code

@@ -1,0 +1,156 @@
+"""One training step and one evaluation pass, for the plain and the pipelined engine, plus the
+per-interval training record (tokens/s, TFLOP/s, MFU, memory)."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+from megatron_lite.data.loaders import get_batch
+from megatron_lite.model.gpt import flops_per_token
+from megatron_lite.parallel.cross_entropy import masked_mean_loss
+
+if TYPE_CHECKING:
+    from megatron_lite.training.trainer import Trainer
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float | None
+    skipped: bool
+    seconds: float
+    lr: float
+
+
+@dataclass
+class Window:
+    """Steps since the last log line."""
+
+    results: list[StepResult] = field(default_factory=list)
+
+    def add(self, result: StepResult) -> None:
+        self.results.append(result)
+
+    def reset(self) -> None:
+        self.results.clear()
+
+
+def _to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
+def _micro_batches(trainer: Trainer, it: Iterator[dict]) -> Iterator[tuple[torch.Tensor, ...]]:
+    eod = getattr(trainer.tokenizer, "eod", None)
+    while True:
+        tokens, labels, loss_mask, _ = get_batch(next(it), eod_id=eod)
+        yield _to_device((tokens, labels, loss_mask), trainer.engine.device)
+
+
+def _pipe_iter(batches: Iterator[tuple[torch.Tensor, ...]]) -> Iterator[tuple[Any, Any]]:
+    # DeepSpeed's pipeline feeds batch[0] to the first stage and batch[1] to the loss.
+    for tokens, labels, loss_mask in batches:
+        yield tokens, (labels, loss_mask)
+
+
+def _dp_mean(value: torch.Tensor, trainer: Trainer) -> float:
+    if trainer.state.dp_size > 1:
+        value = value.clone()
+        dist.all_reduce(value, group=trainer.state.dp_group)
+        value /= trainer.state.dp_size
+    return float(value.item())
+
+
+def train_step(trainer: Trainer) -> StepResult:
+    """One optimizer step over ``gradient_accumulation_steps`` micro batches."""
+    engine, start = trainer.engine, time.perf_counter()
+    lr = trainer.lr_scheduler.get_lr()  # the rate this step uses (the scheduler moves after it)
+    batches = _micro_batches(trainer, trainer.train_iter)
+    if trainer.pipelined:
+        loss = engine.train_batch(data_iter=_pipe_iter(batches)).detach().float().cpu()
+        mean_loss = float(loss.item())
+    else:
+        total = torch.zeros((), device=engine.device)
+        for _ in range(engine.gradient_accumulation_steps()):
+            tokens, labels, loss_mask = next(batches)
+            loss = masked_mean_loss(engine(tokens), labels, loss_mask, trainer.state)
+            engine.backward(loss)
+            engine.step()
+            total += loss.detach().float()
+        mean_loss = _dp_mean(total.cpu() / engine.gradient_accumulation_steps(), trainer)
+    norm = engine.get_global_grad_norm()
+    skipped = bool(getattr(engine, "skipped_steps", 0) and engine.was_step_applied() is False)
+    return StepResult(mean_loss, float(norm) if norm is not None else None, skipped,
+                      time.perf_counter() - start, lr)
+
+
+@torch.no_grad()
+def evaluate(trainer: Trainer, it: Iterator[dict], num_batches: int) -> float:
+    """Mean loss over ``num_batches`` global batches (all micro batches of each)."""
+    engine = trainer.engine
+    engine.eval()
+    batches = _micro_batches(trainer, it)
+    losses = []
+    try:
+        for _ in range(num_batches):
+            if trainer.pipelined:
+                loss = engine.eval_batch(data_iter=_pipe_iter(batches))
+                losses.append(float(loss.detach().float().cpu().item()))
+            else:
+                micro = [masked_mean_loss(engine(t), lab, m, trainer.state).float()
+                         for t, lab, m in (next(batches) for _ in range(engine.gradient_accumulation_steps()))]
+                losses.append(_dp_mean(torch.stack(micro).mean().cpu(), trainer))
+    finally:
+        engine.train()
+    return sum(losses) / len(losses)
+
+
+def _memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS (KiB on Linux)
+
+
+def training_record(trainer: Trainer, window: Window) -> dict[str, Any]:
+    """The metrics of the steps since the last log line."""
+    results = window.results
+    seconds = sum(r.seconds for r in results)
+    tokens_per_s = trainer.tokens_per_step * len(results) / max(seconds, 1e-9)
+    tflops = flops_per_token(trainer.cfg.model) * tokens_per_s / dist.get_world_size() / 1e12
+    norms = [r.grad_norm for r in results if r.grad_norm is not None]
+    record: dict[str, Any] = {
+        "iteration": trainer.progress.iteration,
+        "loss": sum(r.loss for r in results) / len(results),
+        "lr": results[-1].lr,
+        "grad_norm": norms[-1] if norms else None,
+        "tokens_per_s": tokens_per_s,
+        "ms_per_iter": 1000.0 * seconds / len(results),
+        "tflops_per_device": tflops,
+        "memory_mb": _memory_mb(),
+        "consumed_samples": trainer.progress.consumed_train_samples,
+        "skipped_iters": trainer.progress.skipped_iters,
+    }
+    peak = trainer.cfg.training.peak_theoretical_tflops
+    if peak:
+        record["mfu"] = tflops / peak
+    return record
+
+
+def format_record(record: dict[str, Any]) -> str:
+    parts = [f"iteration {record['iteration']}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.3e}"]
+    if record.get("grad_norm") is not None:
+        parts.append(f"grad norm {record['grad_norm']:.3f}")
+    parts += [f"{record['tokens_per_s']:.0f} tokens/s", f"{record['ms_per_iter']:.1f} ms/iter",
+              f"{record['tflops_per_device']:.3f} TFLOP/s/device"]
+    if "mfu" in record:
+        parts.append(f"MFU {100 * record['mfu']:.1f}%")
+    parts.append(f"mem {record['memory_mb']:.0f} MB")
+    if record["skipped_iters"]:
+        parts.append(f"skipped {record['skipped_iters']}")
+    return " | ".join(parts)

@@ -1,0 +1,302 @@
+"""The training loop: setup, train steps, evaluation, checkpoints, logging, signals.
+
+    args, state = start_worker()
+    Trainer(args, state).train()
+
+Runtime state (iteration, consumed samples, loaders, writers, tokenizer) lives here, never on
+the frozen config.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from megatron_lite.config.deepspeed_config import build_deepspeed_config
+from megatron_lite.data.data_utils import (
+    build_train_valid_test_datasets,
+    train_valid_test_num_samples,
+)
+from megatron_lite.data.gpt_dataset import train_iters_from_epochs
+from megatron_lite.data.loaders import build_data_loader
+from megatron_lite.launcher.worker import WorkerArgs
+from megatron_lite.model.gpt import GPTModel, log_model_size
+from megatron_lite.parallel.random import seed_everything
+from megatron_lite.parallel.state import ParallelState
+from megatron_lite.tokenizer import build_tokenizer
+from megatron_lite.training import steps
+from megatron_lite.training.checkpointing import (
+    load_finetune_weights,
+    load_for_resume,
+    save_checkpoint,
+)
+from megatron_lite.training.lr_schedule import AnnealingLR
+from megatron_lite.training.metrics import MetricsWriter
+from megatron_lite.training.optimizer import param_groups
+from megatron_lite.utils.distributed import device_for
+from megatron_lite.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, ...); the message says why."""
+
+
+@dataclass
+class Progress:
+    iteration: int = 0
+    consumed_train_samples: int = 0
+    skipped_iters: int = 0
+
+
+class Trainer:
+    def __init__(self, args: WorkerArgs, state: ParallelState) -> None:
+        self.cfg, self.state, self.run_dir = args.cfg, state, args.run_dir
+        self.device = device_for(args.local_rank)
+        self.pipelined = self.cfg.parallel.pipe_parallel_size >= 1
+        self.progress = Progress()
+        self.stop_signal = 0
+        seed_everything(self.cfg.training.seed, state.tp_rank, state.pp_rank)
+        self.tokenizer = build_tokenizer(self.cfg.tokenizer)
+        self._check_runtime()
+        self._build_data()
+        self._build_engine()
+        self._load()
+        self.train_iter = self._loader_iter("train", self.progress.consumed_train_samples)
+        self.valid_iter = self._loader_iter("valid", 0)
+        self.metrics = MetricsWriter(self.cfg, self.run_dir, dist.get_rank())
+
+    # ---- setup ---------------------------------------------------------------------------------
+    def _check_runtime(self) -> None:
+        cfg = self.cfg
+        if cfg.training.precision == "fp16" and self.device.type != "cuda":
+            raise TrainingError("fp16 training needs a GPU; use fp32 (no fp16/bf16 section) on CPU")
+        if cfg.model.padded_vocab_size is None:
+            raise TrainingError("padded_vocab_size unknown: is the tokenizer's vocab_file readable?")
+        if cfg.training.train_iters is None and cfg.training.train_epochs is None:
+            raise TrainingError("set train_iters or train_epochs")
+        if cfg.checkpoint.save is None:
+            logger.warning("no `save` directory: this run will not write checkpoints")
+
+    def _build_data(self) -> None:
+        cfg, tr = self.cfg, self.cfg.training
+        if tr.train_epochs is not None:
+            num_samples: tuple[Any, Any, Any] = (None, None, None)
+        else:
+            num_samples = train_valid_test_num_samples(
+                tr.train_iters, tr.eval_interval or tr.train_iters, tr.eval_iters, tr.train_batch_size)
+        self.datasets = dict(zip(("train", "valid", "test"), build_train_valid_test_datasets(
+            cfg.data, cfg.model.seq_length, tr.seed, num_samples)))
+        if self.datasets["train"] is None:
+            raise TrainingError("the training split is empty: check `split` and the data paths")
+        self.train_iters = tr.train_iters or train_iters_from_epochs(
+            len(self.datasets["train"]), tr.train_epochs, tr.train_batch_size)
+        self.lr_decay_iters = cfg.lr_schedule.lr_decay_iters or self.train_iters
+        self.tokens_per_step = tr.train_batch_size * cfg.model.seq_length
+        logger.info("training for %d iterations (%d tokens each)", self.train_iters, self.tokens_per_step)
+
+    def _build_module(self) -> torch.nn.Module:
+        cfg, state = self.cfg, self.state
+        if not self.pipelined:
+            return GPTModel(cfg.model, state, seed=cfg.training.seed)
+        from deepspeed.pipe import PipelineModule
+
+        from megatron_lite.model.pipeline import layer_specs
+        from megatron_lite.parallel.cross_entropy import masked_mean_loss
+        from megatron_lite.parallel.random import checkpoint
+
+        def loss_fn(logits, labels_and_mask):
+            labels, loss_mask = labels_and_mask
+            return masked_mean_loss(logits, labels, loss_mask, state)
+
+        interval = cfg.model.checkpoint_num_layers if cfg.model.checkpoint_activations else 0
+        return PipelineModule(
+            layers=layer_specs(cfg.model, state, cfg.training.seed), loss_fn=loss_fn,
+            topology=state.topology, partition_method=cfg.parallel.pipe_partition_method,
+            activation_checkpoint_interval=interval, activation_checkpoint_func=checkpoint,
+            checkpointable_layers=["TransformerLayerPipe"],
+        )
+
+    def _build_engine(self) -> None:
+        import deepspeed
+
+        cfg = self.cfg
+        log_model_size(cfg.model)
+        module = self._build_module()
+        if cfg.checkpoint.finetune:
+            load_finetune_weights(module, cfg, self.state.tp_rank, self.pipelined)
+        if cfg.training.compile:
+            module.compile()
+        ds_config = build_deepspeed_config(cfg, on_gpu=self.device.type == "cuda")
+        warmup = int(cfg.lr_schedule.warmup * self.lr_decay_iters)
+        schedule = lambda opt: AnnealingLR(  # noqa: E731 - DeepSpeed calls it with its optimizer
+            opt, cfg.optimizer.lr, warmup, self.lr_decay_iters, cfg.lr_schedule.lr_decay_style,
+            cfg.lr_schedule.min_lr)
+        self.engine, self.optimizer, _, self.lr_scheduler = deepspeed.initialize(
+            model=module, model_parameters=param_groups(module, cfg.optimizer.weight_decay),
+            lr_scheduler=schedule, config=ds_config, mpu=None if self.pipelined else self.state,
+        )
+        _use_model_parallel_clipping(self.engine, self.state)
+
+    def _load(self) -> None:
+        ck = self.cfg.checkpoint
+        if ck.load and not ck.finetune:
+            it, consumed = load_for_resume(self.engine, self.cfg)
+            self.progress = Progress(iteration=it, consumed_train_samples=consumed)
+
+    def _loader_iter(self, split: str, consumed: int) -> Iterator[dict] | None:
+        loader = build_data_loader(
+            self.datasets[split], self.cfg.training.train_micro_batch_size_per_gpu,
+            self.state.dp_rank, self.state.dp_size, consumed, self.cfg.data.num_workers,
+            loop=split != "train" or self.cfg.training.train_epochs is not None,
+        )
+        return iter(loader) if loader is not None else None
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def train(self) -> int:
+        """Run to ``train_iters`` (or an exit condition); returns the process exit code."""
+        self._install_signal_handlers()
+        bar = _progress_bar(self.train_iters, self.progress.iteration, dist.get_rank() == 0)
+        window = steps.Window()
+        try:
+            while self.progress.iteration < self.train_iters:
+                result = steps.train_step(self)
+                self._after_step(result, window, bar)
+                if self._should_stop():
+                    return 0
+            self._final()
+            return 0
+        finally:
+            bar.close()
+            self.metrics.close()
+
+    def _after_step(self, result: steps.StepResult, window: steps.Window, bar: Any) -> None:
+        p, cfg = self.progress, self.cfg
+        if not result.skipped and not torch.isfinite(torch.tensor(result.loss)):
+            raise TrainingError(
+                f"loss is {result.loss} at iteration {p.iteration + 1}: stopping without saving; "
+                f"the last good checkpoint is in {cfg.checkpoint.save}. Lower the learning rate, "
+                "check the data, or use bf16/fp32")
+        p.iteration += 1
+        p.consumed_train_samples += cfg.training.train_batch_size
+        p.skipped_iters += int(result.skipped)
+        window.add(result)
+        bar.update(1)
+        bar.set_postfix(loss=f"{result.loss:.4f}")
+        if p.iteration % cfg.logging.log_interval == 0:
+            record = steps.training_record(self, window)
+            self.metrics.write(record, p.iteration)
+            logger.info(steps.format_record(record))
+            window.reset()
+        if cfg.training.eval_interval and p.iteration % cfg.training.eval_interval == 0:
+            self.evaluate("valid")
+        if self._save_due(p.iteration):
+            self.save()
+
+    def _save_due(self, iteration: int) -> bool:
+        ck = self.cfg.checkpoint
+        if not ck.save:
+            return False
+        return bool((ck.checkpoint_factor and iteration % ck.checkpoint_factor == 0)
+                    or iteration in (ck.extra_save_iters or []))
+
+    def _should_stop(self) -> bool:
+        it, exit_interval = self.progress.iteration, self.cfg.training.exit_interval
+        flag = torch.tensor([float(self.stop_signal)])
+        if dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() or (exit_interval and it % exit_interval == 0 and it < self.train_iters):
+            reason = f"signal {int(flag.item())}" if flag.item() else f"exit_interval {exit_interval}"
+            logger.info("stopping at iteration %d (%s)", it, reason)
+            if self.cfg.checkpoint.save and not self._save_due(it):
+                self.save()
+            return True
+        return False
+
+    def _final(self) -> None:
+        it = self.progress.iteration
+        if self.cfg.checkpoint.save and not self._save_due(it):
+            self.save()
+        if self.cfg.training.eval_interval == 0 or it % self.cfg.training.eval_interval:
+            self.evaluate("valid")
+        self.evaluate("test")
+        logger.info("training finished at iteration %d; run directory %s", it, self.run_dir)
+
+    def save(self) -> None:
+        tok = self.cfg.tokenizer
+        files = [f for f in (tok.vocab_file, tok.merge_file) if f]
+        save_checkpoint(self.engine, self.cfg, self.progress.iteration,
+                        self.progress.consumed_train_samples, files)
+
+    def evaluate(self, split: str) -> float | None:
+        """Mean loss over ``eval_iters`` global batches of ``split`` (None without data)."""
+        if split == "test":
+            it = self._loader_iter("test", 0)
+        else:
+            it = self.valid_iter
+        if it is None or self.cfg.training.eval_iters == 0:
+            return None
+        loss = steps.evaluate(self, it, self.cfg.training.eval_iters)
+        record = {"iteration": self.progress.iteration, "split": split, "loss": loss,
+                  "perplexity": float(torch.tensor(loss).exp().clamp(max=1e30))}
+        self.metrics.write(record, self.progress.iteration)
+        logger.info("%s | iteration %d | loss %.4f | perplexity %.3f", split,
+                    self.progress.iteration, loss, record["perplexity"])
+        return loss
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum, _frame):
+            logger.warning("received signal %d: saving a checkpoint after this iteration", signum)
+            self.stop_signal = signum
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
+
+
+def _use_model_parallel_clipping(engine: Any, state: ParallelState) -> None:
+    """Clip fp32 (ZeRO-0) gradients by the norm over the whole model replica, and keep it.
+
+    DeepSpeed's fp32 path counts untagged (tensor-replicated) parameters only where its
+    ``get_model_parallel_rank()`` is 0, which under pipeline parallelism is the first stage
+    only, and it does not keep the norm it computed. This version counts replicated parameters
+    once per pipeline stage (on tensor rank 0), skips DeepSpeed's pipeline copies of tied
+    weights, and sums over all tensor and pipeline ranks of the replica.
+    """
+
+    def clip_and_record() -> None:
+        params = [p for p in engine.module.parameters() if p.grad is not None]
+        engine._global_grad_norm = float(clip_grad_norm(params, engine.gradient_clipping(), state))
+
+    engine.clip_fp32_gradients = clip_and_record
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float, state: ParallelState) -> torch.Tensor:
+    """Scale gradients so that their global 2-norm is at most ``max_norm``; returns the norm."""
+    counted = [p.grad.detach().float() for p in params
+               if not getattr(p, "ds_pipe_replicated", False)
+               and (state.tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]
+    total = torch.zeros((), device=params[0].grad.device) if params else torch.zeros(())
+    for grad in counted:
+        total = total + grad.pow(2).sum()
+    if state.tp_size * state.pp_size > 1:
+        dist.all_reduce(total, group=state.mp_group)
+    norm = total.sqrt()
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        for p in params:
+            p.grad.mul_(coef)
+    return norm
+
+
+def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="it",
+                mininterval=2.0, dynamic_ncols=True, leave=False)
+
