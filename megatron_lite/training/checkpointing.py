@@ -134,7 +134,7 @@ def _restore_rng(step_dir: str) -> None:
     get_rng_tracker().restore((rng["tracker"], rng.get("tracker_cuda", {})))
 
 
-def load_finetune_weights(module: torch.nn.Module, cfg: Config, tp_rank: int, pipelined: bool) -> None:
+def load_model_weights(module: torch.nn.Module, cfg: Config, tp_rank: int, pipelined: bool) -> None:
     """Weights only, from any layout, into this rank's (tensor/pipeline) part of the model."""
     step_dir = resolve_step_dir(cfg.checkpoint.load, cfg.checkpoint.iteration)
     glu = cfg.model.activation in ("swiglu", "geglu")
@@ -152,7 +152,7 @@ def load_finetune_weights(module: torch.nn.Module, cfg: Config, tp_rank: int, pi
                 f"{tuple(own[key].shape)} (a different model shape or vocabulary?)"
             )
     module.load_state_dict({key: shard[name] for key, name in names.items()}, strict=True)
-    logger.info("fine-tuning from the weights of %s", step_dir)
+    logger.info("loaded model weights from %s", step_dir)
 
 
 def _pipeline_key_to_model(key: str, num_layers: int) -> str:

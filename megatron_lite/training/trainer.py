@@ -31,7 +31,7 @@ from megatron_lite.parallel.state import ParallelState
 from megatron_lite.tokenizer import build_tokenizer
 from megatron_lite.training import steps
 from megatron_lite.training.checkpointing import (
-    load_finetune_weights,
+    load_model_weights,
     load_for_resume,
     save_checkpoint,
 )
@@ -130,7 +130,7 @@ class Trainer:
         log_model_size(cfg.model)
         module = self._build_module()
         if cfg.checkpoint.finetune:
-            load_finetune_weights(module, cfg, self.state.tp_rank, self.pipelined)
+            load_model_weights(module, cfg, self.state.tp_rank, self.pipelined)
         if cfg.training.compile:
             module.compile()
         ds_config = build_deepspeed_config(cfg, on_gpu=self.device.type == "cuda")
