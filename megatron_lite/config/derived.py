@@ -161,7 +161,9 @@ def _tokenizer_vocab_size(cfg: Config) -> int | None:
         return None
     from megatron_lite.tokenizer import vocab_size_of
 
-    return vocab_size_of(tok.tokenizer_type, tok.vocab_file)
+    if tok.merge_file and not os.path.isfile(tok.merge_file):
+        return None
+    return vocab_size_of(tok.tokenizer_type, tok.vocab_file, tok.merge_file)
 
 
 def _derive_optimizer(cfg: Config) -> Config:
