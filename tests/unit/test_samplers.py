@@ -106,3 +106,25 @@ def test_get_batch_shifts_and_masks():
     _, labels, loss_mask, _ = get_batch({"text": text, "label": label}, eod_id=0)
     assert labels.tolist() == [[0, 9, 9, 9], [4, 4, 0, 4]]
     assert loss_mask.tolist() == [[0, 1, 1, 1], [1, 1, 0, 1]]
+
+
+def test_real_dataset_through_loader_and_get_batch(tmp_path):
+    from megatron_lite.data.gpt_dataset import GPT2Dataset
+    from megatron_lite.data.indexed_dataset import MMapIndexedDataset, MMapIndexedDatasetBuilder
+
+    prefix = str(tmp_path / "c_text_document")
+    builder = MMapIndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    rng = np.random.RandomState(0)
+    for _ in range(50):
+        builder.add_item(rng.randint(1, 500, size=rng.randint(3, 40)))
+        builder.end_document()
+    builder.finalize(prefix + ".idx")
+    data = MMapIndexedDataset(prefix)
+    ds = GPT2Dataset("train", prefix, np.arange(len(data.sizes)), data, 64, SEQ, 3)
+    full = [b["text"] for b in build_data_loader(ds, 4, 1, 2)]
+    resumed = [b["text"] for b in build_data_loader(ds, 4, 1, 2, consumed_samples=24)]
+    assert len(resumed) == len(full) - 3
+    assert all(torch.equal(a, b) for a, b in zip(full[3:], resumed))
+    tokens, labels, loss_mask, position_ids = get_batch(next(iter(build_data_loader(ds, 4, 0, 1))))
+    assert tokens.shape == labels.shape == loss_mask.shape == position_ids.shape == (4, SEQ)
+    assert torch.equal(tokens[:, 1:], labels[:, :-1]) and bool(loss_mask.all())
