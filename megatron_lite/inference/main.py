@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any
 
 import torch.distributed as dist
@@ -18,7 +17,7 @@ from megatron_lite.config import Config
 from megatron_lite.inference.generation import Generation, generate_records
 from megatron_lite.model.gpt import GPTModel
 from megatron_lite.parallel.random import seed_everything
-from megatron_lite.utils.distributed import device_for, start_worker
+from megatron_lite.utils.distributed import device_for, finish_worker, start_worker
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -132,6 +131,5 @@ def main(argv: list[str] | None = None) -> int:
     except (GenerationError, CheckpointError, ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         code = 1
-    sys.stdout.flush()
-    dist.destroy_process_group()
-    return code
+    finish_worker(code)
+    return code  # not reached

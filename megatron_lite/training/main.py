@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import torch.distributed as dist
-
-from megatron_lite.utils.distributed import start_worker
+from megatron_lite.utils.distributed import finish_worker, start_worker
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -20,6 +18,5 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         code = 1
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return code
+    finish_worker(code)
+    return code  # not reached

@@ -31,8 +31,8 @@ from megatron_lite.parallel.state import ParallelState
 from megatron_lite.tokenizer import build_tokenizer
 from megatron_lite.training import steps
 from megatron_lite.training.checkpointing import (
-    load_model_weights,
     load_for_resume,
+    load_model_weights,
     save_checkpoint,
 )
 from megatron_lite.training.lr_schedule import AnnealingLR

@@ -59,3 +59,19 @@ def start_worker(argv: list[str] | None = None) -> tuple[WorkerArgs, ParallelSta
         log_file=os.path.join(args.run_dir, f"rank{args.rank}.log"),
     )
     return args, init_distributed(args.cfg)
+
+
+def finish_worker(code: int) -> None:
+    """End a worker process: wait for the other ranks, flush, and exit without running C++
+    static destructors. Gloo/DeepSpeed communication threads torn down at interpreter exit
+    occasionally abort the process ("terminate called without an active exception") after all
+    work is done; the results are already on disk by then, so skip that teardown."""
+    import logging
+    import sys
+
+    if dist.is_initialized() and code == 0:
+        dist.barrier()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -71,7 +71,9 @@ def run_train(tmp_path: Path, cfg: dict, name: str = "run.yml", timeout: int = 3
 
 
 def records(tmp_path: Path, split: str | None = None) -> list[dict]:
-    out = []
+    out: list[dict] = []
+    if not (tmp_path / "logs").exists():
+        return out
     for run_dir in sorted((tmp_path / "logs").iterdir()):
         metrics = run_dir / "metrics.jsonl"
         if metrics.exists():
