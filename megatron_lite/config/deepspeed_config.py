@@ -46,8 +46,10 @@ def _optimizer_section(cfg: Config, on_gpu: bool) -> dict[str, Any]:
         params["weight_decay"] = cfg.optimizer.weight_decay
         params.pop("adam_w_mode", None)
         if not on_gpu:
-            # FusedAdam needs a CUDA build; on CPU use torch.optim.AdamW (foreach).
+            # FusedAdam needs a CUDA build; on CPU use torch.optim.AdamW, with its multi-tensor
+            # (foreach) kernels: torch's CPU default is a Python loop over parameters.
             params["torch_adam"] = True
+            params["foreach"] = True
     else:
         params.setdefault("weight_decay", cfg.optimizer.weight_decay)
     return section

@@ -143,6 +143,10 @@ class Trainer:
             lr_scheduler=schedule, config=ds_config, mpu=None if self.pipelined else self.state,
         )
         _use_model_parallel_clipping(self.engine, self.state)
+        if not self.pipelined and self.state.dp_size == 1 and cfg.parallel.zero_optimization.get("stage", 0) == 0:
+            # One data-parallel replica: DeepSpeed would still flatten every gradient into
+            # buckets and all-reduce them over a group of one. Nothing to average: skip it.
+            self.engine.enable_backward_allreduce = False
 
     def _load(self) -> None:
         ck = self.cfg.checkpoint
@@ -188,7 +192,7 @@ class Trainer:
         p.skipped_iters += int(result.skipped)
         window.add(result)
         bar.update(1)
-        bar.set_postfix(loss=f"{result.loss:.4f}")
+        bar.set_postfix(loss=f"{result.loss:.4f}", refresh=False)
         if p.iteration % cfg.logging.log_interval == 0:
             record = steps.training_record(self, window)
             self.metrics.write(record, p.iteration)
@@ -278,25 +282,28 @@ def _use_model_parallel_clipping(engine: Any, state: ParallelState) -> None:
 
 def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float, state: ParallelState) -> torch.Tensor:
     """Scale gradients so that their global 2-norm is at most ``max_norm``; returns the norm."""
-    counted = [p.grad.detach().float() for p in params
+    counted = [p.grad.detach() for p in params
                if not getattr(p, "ds_pipe_replicated", False)
                and (state.tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]
-    total = torch.zeros((), device=params[0].grad.device) if params else torch.zeros(())
-    for grad in counted:
-        total = total + grad.pow(2).sum()
+    device = params[0].grad.device if params else torch.device("cpu")
+    norms = torch._foreach_norm(counted) if counted else [torch.zeros((), device=device)]
+    total = torch.stack([n.float() for n in norms]).pow(2).sum()
     if state.tp_size * state.pp_size > 1:
         dist.all_reduce(total, group=state.mp_group)
     norm = total.sqrt()
-    coef = max_norm / (norm + 1e-6)
+    coef = max_norm / (float(norm) + 1e-6)
     if coef < 1.0:
-        for p in params:
-            p.grad.mul_(coef)
+        torch._foreach_mul_([p.grad for p in params], coef)
     return norm
 
 
 def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
+    """A tqdm bar on rank 0 when stderr is a terminal (log files get the log lines instead)."""
+    import sys
+
     from tqdm import tqdm
 
+    enabled = enabled and sys.stderr.isatty()
     return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="it",
                 mininterval=2.0, dynamic_ncols=True, leave=False)
 
