@@ -1,0 +1,213 @@
+"""tools/preprocess_data.py and friends as a user runs them: round trips, bad inputs, outputs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+
+from megatron_lite.data.indexed_dataset import MMapIndexedDataset
+from megatron_lite.tokenizer import build_tokenizer_from
+
+REPO = Path(__file__).resolve().parents[2]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.\nSecond line.",
+    "ünïcödé ✓ text, with «quotes» and emoji 🙂",
+    "def f(x):\n    return x * 2\n",
+    "A fourth document, plain ASCII and somewhat longer than the others " * 3,
+]
+
+
+def tool(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools" / name), *args],
+                          capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def write_jsonl(path: Path, records: list, compress: str = "") -> Path:
+    data = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records).encode()
+    if compress == "zst":
+        path.write_bytes(zstandard.ZstdCompressor().compress(data))
+    elif compress == "gz":
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer_files(tmp_path_factory) -> dict:
+    """A tokenizers JSON and GPT-2 style vocab.json/merges.txt trained here on tiny text."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    root = tmp_path_factory.mktemp("tok")
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(TEXTS * 20, vocab_size=400, special_tokens=["<|endoftext|>", "<|padding|>"])
+    tok.save(str(root / "tokenizer.json"))
+    tok.save_model(str(root))
+    return {"json": str(root / "tokenizer.json"), "vocab": str(root / "vocab.json"), "merges": str(root / "merges.txt")}
+
+
+def tok_args(kind: str, files: dict) -> list[str]:
+    if kind == "HFTokenizer":
+        return ["--tokenizer-type", kind, "--vocab-file", files["json"]]
+    if kind in ("GPT2BPETokenizer", "HFGPT2Tokenizer"):
+        return ["--tokenizer-type", kind, "--vocab-file", files["vocab"], "--merge-file", files["merges"]]
+    return ["--tokenizer-type", kind]
+
+
+@pytest.mark.parametrize("kind", ["HFTokenizer", "GPT2BPETokenizer", "HFGPT2Tokenizer", "CharLevelTokenizer"])
+@pytest.mark.parametrize("compress", ["", "zst", "gz"])
+def test_round_trip_every_tokenizer(tmp_path, tokenizer_files, kind, compress):
+    suffix = {"": ".jsonl", "zst": ".jsonl.zst", "gz": ".jsonl.gz"}[compress]
+    src = write_jsonl(tmp_path / f"in{suffix}", [{"text": t} for t in TEXTS], compress)
+    out = tmp_path / "out"
+    result = tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(out),
+                  "--append-eod", *tok_args(kind, tokenizer_files))
+    assert result.returncode == 0, result.stderr
+    assert "documents: 4" in result.stdout
+    ds = MMapIndexedDataset(f"{out}_text_document")
+    tok = build_tokenizer_from(kind, tokenizer_files.get("json" if kind == "HFTokenizer" else "vocab"),
+                               tokenizer_files["merges"])
+    assert ds.num_documents == len(TEXTS)
+    for i, text in enumerate(TEXTS):
+        ids = ds[i].tolist()
+        assert ids[-1] == tok.eod
+        assert tok.detokenize(ids[:-1]) == text
+
+
+def test_two_keys_two_outputs_and_workers_give_identical_bytes(tmp_path, tokenizer_files):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": t, "title": t[:10]} for t in TEXTS * 30])
+    outs = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}"
+        result = tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(out),
+                      "--jsonl-keys", "text", "title", "--workers", workers, "--batch-size", "7",
+                      *tok_args("HFTokenizer", tokenizer_files))
+        assert result.returncode == 0, result.stderr
+        outs.append(out)
+    for key in ("text", "title"):
+        for ext in (".bin", ".idx"):
+            a = Path(f"{outs[0]}_{key}_document{ext}").read_bytes()
+            assert a == Path(f"{outs[1]}_{key}_document{ext}").read_bytes()
+    assert MMapIndexedDataset(f"{outs[0]}_title_document").num_documents == 120
+
+
+def test_idx_bytes_field_by_field(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": "ab"}, {"text": "cde"}])
+    out = tmp_path / "o"
+    assert tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(out),
+                "--tokenizer-type", "CharLevelTokenizer", "--append-eod").returncode == 0
+    idx = Path(f"{out}_text_document.idx").read_bytes()
+    assert idx[:9] == b"MMIDIDX\x00\x00"
+    version, code, count, doc_count = struct.unpack("<QBQQ", idx[9:34])
+    assert (version, code, count, doc_count) == (1, 8, 2, 3)  # uint16 (vocab 512 < 65500)
+    sizes = struct.unpack("<2i", idx[34:42])
+    pointers = struct.unpack("<2q", idx[42:58])
+    doc_idx = struct.unpack("<3q", idx[58:82])
+    assert sizes == (3, 4) and pointers == (0, 6) and doc_idx == (0, 1, 2)
+    assert len(idx) == 82
+    tokens = np.frombuffer(Path(f"{out}_text_document.bin").read_bytes(), dtype="<u2")
+    assert tokens.tolist() == [97, 98, 0, 99, 100, 101, 0]
+
+
+def leftovers(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out"))
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"body": "x"}), "missing key 'text'"),
+])
+def test_bad_lines_are_counted_with_file_and_line_or_fatal_with_strict(tmp_path, bad, reason):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": "good one"}, bad, {"text": ""}, {"text": "good two"}])
+    result = tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(tmp_path / "out"),
+                  "--tokenizer-type", "CharLevelTokenizer")
+    assert result.returncode == 0, result.stderr
+    assert f"in.jsonl:2: {reason}" in result.stderr
+    assert "documents: 2" in result.stdout and "'empty document': 1" in result.stdout
+    strict = tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(tmp_path / "out2"),
+                  "--tokenizer-type", "CharLevelTokenizer", "--strict")
+    assert strict.returncode == 1
+    assert f"in.jsonl:2: {reason}" in strict.stderr and "Traceback" not in strict.stderr
+    assert not list(tmp_path.glob("out2*"))
+
+
+def test_invalid_utf8_line(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"text": "ok"}\n{"text": "\xff\xfe bad"}\n')
+    result = tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(tmp_path / "out"),
+                  "--tokenizer-type", "CharLevelTokenizer")
+    assert result.returncode == 0 and "in.jsonl:2: not valid UTF-8" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated_zst", "truncated_gz", "no_documents"])
+def test_fatal_inputs_exit_nonzero_and_leave_nothing(tmp_path, case):
+    if case == "missing":
+        src, expected = tmp_path / "absent.jsonl", "input file not found"
+    elif case == "truncated_zst":
+        full = write_jsonl(tmp_path / "full.jsonl.zst", [{"text": t * 50} for t in TEXTS], "zst")
+        src = tmp_path / "cut.jsonl.zst"
+        src.write_bytes(full.read_bytes()[:-20])
+        expected = "truncated zstd file"
+    elif case == "truncated_gz":
+        full = write_jsonl(tmp_path / "full.jsonl.gz", [{"text": t * 50} for t in TEXTS], "gz")
+        src = tmp_path / "cut.jsonl.gz"
+        src.write_bytes(full.read_bytes()[:-20])
+        expected = "truncated or corrupt"
+    else:
+        src, expected = write_jsonl(tmp_path / "empty.jsonl", [{"text": ""}, {"other": 1}]), "no documents"
+    result = tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(tmp_path / "out"),
+                  "--tokenizer-type", "CharLevelTokenizer")
+    assert result.returncode == 1
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_txt_inputs_globs_and_num_docs(tmp_path):
+    (tmp_path / "a.txt").write_text("first file\n\nsecond block")
+    (tmp_path / "b.txt").write_text("another file")
+    result = tool("preprocess_data.py", "--input", str(tmp_path / "*.txt"), "--output-prefix",
+                  str(tmp_path / "out"), "--tokenizer-type", "CharLevelTokenizer", "--txt-blocks")
+    assert result.returncode == 0, result.stderr
+    ds = MMapIndexedDataset(str(tmp_path / "out_text_document"))
+    tok = build_tokenizer_from("CharLevelTokenizer")
+    assert [tok.detokenize(ds[i].tolist()) for i in range(3)] == ["first file", "second block", "another file"]
+    limited = tool("preprocess_data.py", "--input", f"{tmp_path}/a.txt,{tmp_path}/b.txt", "--output-prefix",
+                   str(tmp_path / "lim"), "--tokenizer-type", "CharLevelTokenizer", "--num-docs", "1")
+    assert limited.returncode == 0 and "documents: 1" in limited.stdout
+
+
+def test_train_tokenizer_merge_inspect_and_sample_corpus(tmp_path):
+    corpus = tmp_path / "corpus.jsonl.zst"
+    made = tool("make_sample_corpus.py", "--output", str(corpus), "--max-docs", "12")
+    assert made.returncode == 0, made.stderr
+    lines = zstandard.ZstdDecompressor().decompress(corpus.read_bytes(), max_output_size=1 << 30).splitlines()
+    assert len(lines) == 12 and all("module" in json.loads(x)["meta"] for x in lines)
+    trained = tool("train_tokenizer.py", "--input", str(corpus), "--vocab-size", "600",
+                   "--output", str(tmp_path / "tok.json"))
+    assert trained.returncode == 0, trained.stderr
+    tok = build_tokenizer_from("HFTokenizer", str(tmp_path / "tok.json"))
+    assert tok.vocab_size == 600 and tok.eod == 0 and tok.pad == 1
+    text = json.loads(lines[0])["text"]
+    assert tok.detokenize(tok.tokenize(text)) == text
+    for name in ("a", "b"):
+        src = write_jsonl(tmp_path / f"{name}.jsonl", [{"text": f"{name} {t}"} for t in TEXTS])
+        assert tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(tmp_path / name),
+                    "--tokenizer-type", "HFTokenizer", "--vocab-file", str(tmp_path / "tok.json")).returncode == 0
+    merged = tool("merge_datasets.py", "--input", str(tmp_path / "a_text_document"),
+                  str(tmp_path / "b_text_document"), "--output-prefix", str(tmp_path / "ab"))
+    assert merged.returncode == 0, merged.stderr
+    ab = MMapIndexedDataset(str(tmp_path / "ab"))
+    a, b = MMapIndexedDataset(str(tmp_path / "a_text_document")), MMapIndexedDataset(str(tmp_path / "b_text_document"))
+    assert ab.num_documents == 8 and ab[4].tolist() == b[0].tolist() and ab[3].tolist() == a[3].tolist()
+    shown = tool("inspect_dataset.py", str(tmp_path / "ab"), "--tokenizer-type", "HFTokenizer",
+                 "--vocab-file", str(tmp_path / "tok.json"))
+    assert shown.returncode == 0 and "documents: 8" in shown.stdout and "decoded: 'a The quick" in shown.stdout
+    assert tool("inspect_dataset.py", str(tmp_path / "nope")).returncode == 1
