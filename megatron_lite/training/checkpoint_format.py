@@ -50,6 +50,7 @@ class CheckpointMeta:
     model_parallel_size: int
     pipe_parallel_size: int
     format: int = FORMAT_VERSION
+    vocab_size: int | None = None  # the real vocabulary (rows past it are padding)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -136,6 +137,7 @@ def write_weights_checkpoint(
     glu: bool,
     iteration: int = 0,
     tokenizer_files: list[str] | None = None,
+    vocab_size: int | None = None,
 ) -> str:
     """A weights-only checkpoint (pipe_parallel_size 0 layout) that ``finetune``/``load_model``
     read; written to a temporary directory and renamed, then ``latest`` moved atomically."""
@@ -148,7 +150,7 @@ def write_weights_checkpoint(
         torch.save({"module": shard, "mp_world_size": model_parallel_size, "iteration": iteration},
                    os.path.join(tmp, f"mp_rank_{rank:02d}_model_states.pt"))
     finish_step_dir(tmp, config_yaml, tokenizer_files,
-                    CheckpointMeta(iteration, 0, model_parallel_size, 0))
+                    CheckpointMeta(iteration, 0, model_parallel_size, 0, vocab_size=vocab_size))
     if os.path.exists(step):
         shutil.rmtree(step)
     os.replace(tmp, step)

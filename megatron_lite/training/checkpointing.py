@@ -29,7 +29,6 @@ from megatron_lite.training.checkpoint_format import (
     CheckpointError,
     CheckpointMeta,
     finish_step_dir,
-    read_full_state_dict,
     read_meta,
     resolve_step_dir,
     shard_state_dict,
@@ -47,7 +46,7 @@ def _rng_file(step_dir: str, rank: int) -> str:
 
 
 def save_checkpoint(engine: Any, cfg: Config, iteration: int, consumed_samples: int,
-                    tokenizer_files: list[str]) -> str:
+                    tokenizer_files: list[str], vocab_size: int | None = None) -> str:
     """Save step ``iteration`` to ``cfg.checkpoint.save`` (collective: every rank calls it)."""
     save_dir = cfg.checkpoint.save
     tag = step_dir_name(iteration)
@@ -64,7 +63,7 @@ def save_checkpoint(engine: Any, cfg: Config, iteration: int, consumed_samples: 
     dist.barrier()
     if dist.get_rank() == 0:
         meta = CheckpointMeta(iteration, consumed_samples, cfg.parallel.model_parallel_size,
-                              cfg.parallel.pipe_parallel_size)
+                              cfg.parallel.pipe_parallel_size, vocab_size=vocab_size)
         finish_step_dir(step_dir, dump_yaml(cfg), tokenizer_files, meta)
         write_latest(save_dir, iteration)
         _rotate(save_dir, cfg.checkpoint.keep_last_n_checkpoints, keep=tag)
@@ -135,24 +134,43 @@ def _restore_rng(step_dir: str) -> None:
 
 
 def load_model_weights(module: torch.nn.Module, cfg: Config, tp_rank: int, pipelined: bool) -> None:
-    """Weights only, from any layout, into this rank's (tensor/pipeline) part of the model."""
-    step_dir = resolve_step_dir(cfg.checkpoint.load, cfg.checkpoint.iteration)
+    """Weights only, from ``load`` (our checkpoint of any layout, or a Hugging Face GPTNeoX
+    directory), into this rank's (tensor/pipeline) part of the model."""
+    from megatron_lite.api import load_weights
+    from megatron_lite.model.hf_interop import is_hf_dir, read_hf_dir, state_dict_from_hf
+
+    source = cfg.checkpoint.load
     glu = cfg.model.activation in ("swiglu", "geglu")
-    full = read_full_state_dict(step_dir, glu=glu)
+    if is_hf_dir(source):
+        _, weights = read_hf_dir(source)
+        full = state_dict_from_hf(weights, cfg.model.padded_vocab_size, tied=not cfg.model.no_weight_tying)
+    else:
+        _, full, _, _ = load_weights(source, cfg.checkpoint.iteration)
+        full = fit_vocab_rows(full, cfg.model.padded_vocab_size)
     shard = shard_state_dict(full, cfg.parallel.model_parallel_size, tp_rank, glu)
     own = module.state_dict()
     names = {key: _pipeline_key_to_model(key, cfg.model.num_layers) if pipelined else key for key in own}
-    missing = [key for key, name in names.items() if name not in shard]
+    missing = [name for name in names.values() if name not in shard]
     if missing:
-        raise CheckpointError(f"{step_dir} lacks weights for {', '.join(missing[:5])}")
+        raise CheckpointError(f"{source} lacks weights for {', '.join(missing[:5])}")
     for key, name in names.items():
         if shard[name].shape != own[key].shape:
             raise CheckpointError(
-                f"{step_dir}: {name} has shape {tuple(shard[name].shape)}, the model expects "
-                f"{tuple(own[key].shape)} (a different model shape or vocabulary?)"
-            )
+                f"{source}: {name} has shape {tuple(shard[name].shape)}, the model expects "
+                f"{tuple(own[key].shape)} (a different model shape in the config?)")
     module.load_state_dict({key: shard[name] for key, name in names.items()}, strict=True)
-    logger.info("loaded model weights from %s", step_dir)
+    logger.info("loaded model weights from %s", source)
+
+
+def fit_vocab_rows(full: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
+    """Re-pad the embedding and head to ``rows`` (padding depends on the tp size; the extra
+    rows are never a real token's, so they are added as zeros or dropped)."""
+    out = dict(full)
+    for key in ("embedding.word_embeddings.weight", "lm_head.embed_out.weight"):
+        if key in out and out[key].shape[0] != rows:
+            t = out[key]
+            out[key] = t[:rows] if t.shape[0] > rows else torch.cat([t, t.new_zeros(rows - t.shape[0], t.shape[1])])
+    return out
 
 
 def _pipeline_key_to_model(key: str, num_layers: int) -> str:

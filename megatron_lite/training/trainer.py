@@ -236,7 +236,7 @@ class Trainer:
         tok = self.cfg.tokenizer
         files = [f for f in (tok.vocab_file, tok.merge_file) if f]
         save_checkpoint(self.engine, self.cfg, self.progress.iteration,
-                        self.progress.consumed_train_samples, files)
+                        self.progress.consumed_train_samples, files, self.tokenizer.vocab_size)
 
     def evaluate(self, split: str) -> float | None:
         """Mean loss over ``eval_iters`` global batches of ``split`` (None without data)."""
