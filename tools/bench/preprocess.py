@@ -26,7 +26,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
-from megatron_lite.data.indexed_dataset import MMapIndexedDatasetBuilder, data_file_path, index_file_path  # noqa: E402
+from megatron_lite.data.indexed_dataset import (  # noqa: E402
+    MMapIndexedDatasetBuilder,
+    data_file_path,
+    index_file_path,
+)
 from megatron_lite.data.readers import ReadStats, iter_documents  # noqa: E402
 from megatron_lite.tokenizer import build_tokenizer_from  # noqa: E402
 

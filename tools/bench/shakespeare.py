@@ -27,13 +27,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from nanogpt_style import NanoConfig  # noqa: E402
+from nanogpt_style import train as nano_train  # noqa: E402
+
 from megatron_lite.data.indexed_dataset import (  # noqa: E402
     MMapIndexedDatasetBuilder,
     data_file_path,
     index_file_path,
 )
-from nanogpt_style import NanoConfig  # noqa: E402
-from nanogpt_style import train as nano_train  # noqa: E402
 
 
 def write_dataset(prefix: str, data: np.ndarray) -> None:
