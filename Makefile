@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.install-stamp
 REQS := requirements/requirements.txt requirements/requirements-dev.txt pyproject.toml
 
-.PHONY: install test lint docs clean-venv
+.PHONY: install test lint docs demo clean-venv
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ $(STAMP): $(REQS)
 
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q tests
+
+# The README's first command: corpus -> tokenizer -> preprocess -> train -> generate.
+demo: install
+	$(PY) tools/demo.py
 
 lint: install
 	$(VENV)/bin/ruff check megatron_lite tools tests deepy.py *.py

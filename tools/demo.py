@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""`make demo`: from nothing to a trained model and a generated sample, on this machine.
+
+1. build the sample corpus (this Python's standard library source, no download);
+2. train a 4096-token byte-level BPE tokenizer on it;
+3. preprocess it into .bin/.idx;
+4. train configs/demo.yml for a few minutes (on the GPU when there is one);
+5. generate a continuation of a prompt from the saved checkpoint.
+Everything lands under ``demo/`` (override with DEMO_DIR); rerunning reuses finished steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORK = os.path.abspath(os.environ.get("DEMO_DIR", os.path.join(REPO, "demo")))
+PY = sys.executable
+
+
+def step(title: str, cmd: list[str], done: str | None = None) -> None:
+    if done and os.path.exists(done):
+        print(f"== {title}: already done ({os.path.relpath(done, REPO)})", flush=True)
+        return
+    print(f"== {title}\n   $ {' '.join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd)}", flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO)
+    print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def main() -> int:
+    os.makedirs(WORK, exist_ok=True)
+    corpus, tokenizer = os.path.join(WORK, "stdlib.jsonl.zst"), os.path.join(WORK, "tokenizer.json")
+    prefix = os.path.join(WORK, "stdlib")
+    step("1/5 sample corpus", [PY, f"{REPO}/tools/make_sample_corpus.py", "--output", corpus], corpus)
+    step("2/5 tokenizer", [PY, f"{REPO}/tools/train_tokenizer.py", "--input", corpus,
+                           "--vocab-size", "4096", "--output", tokenizer], tokenizer)
+    step("3/5 preprocess", [PY, f"{REPO}/tools/preprocess_data.py", "--input", corpus, "--output-prefix", prefix,
+                            "--tokenizer-type", "HFTokenizer", "--vocab-file", tokenizer, "--append-eod",
+                            "--workers", "2"], prefix + "_text_document.idx")
+    paths = {"data_path": prefix + "_text_document", "vocab_file": tokenizer,
+             "save": os.path.join(WORK, "checkpoints"), "load": os.path.join(WORK, "checkpoints"),
+             "log_dir": os.path.join(WORK, "logs"), "tensorboard_dir": os.path.join(WORK, "tensorboard"),
+             "sample_input_file": os.path.join(WORK, "prompts.txt"),
+             "sample_output_file": os.path.join(WORK, "samples.jsonl")}
+    if _has_gpu():
+        paths.update(bf16={"enabled": True}, train_micro_batch_size_per_gpu=32, train_iters=2000)
+    local = os.path.join(WORK, "local_setup.yml")
+    with open(local, "w") as handle:
+        json.dump(paths, handle, indent=2)
+    with open(paths["sample_input_file"], "w") as handle:
+        handle.write("def read_config(path):\nclass Cache:\n")
+    step("4/5 train", [PY, f"{REPO}/deepy.py", f"{REPO}/train.py", f"{REPO}/configs/demo.yml", local],
+         os.path.join(paths["save"], "latest"))
+    step("5/5 generate", [PY, f"{REPO}/deepy.py", f"{REPO}/generate.py", f"{REPO}/configs/demo.yml", local])
+    print("\nSamples:")
+    with open(paths["sample_output_file"]) as handle:
+        for line in handle:
+            rec = json.loads(line)
+            print(f"--- prompt: {rec['context']!r}\n{rec['context']}{rec['text']}\n")
+    latest = open(os.path.join(paths["save"], "latest")).read().strip()
+    print(f"checkpoint: {os.path.join(paths['save'], latest)}")
+    print(f"logs:       {paths['log_dir']} (metrics.jsonl, rank0.log; TensorBoard: {paths['tensorboard_dir']})")
+    print(f"next:       python tools/convert_to_hf.py --input_dir {paths['save']} --output_dir {WORK}/hf")
+    return 0
+
+
+def _has_gpu() -> bool:
+    from megatron_lite.launcher.resources import local_gpu_count
+
+    return local_gpu_count() > 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, REPO)
+    sys.exit(main())
