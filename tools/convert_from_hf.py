@@ -41,8 +41,10 @@ def ready_config(hf_config: dict, out: str, tp: int, tokenizer_file: str | None)
             "load": os.path.abspath(out), "save": os.path.abspath(out),
             "make_vocab_size_divisible_by": 128}
     if tokenizer_file:
-        vocab = max(vocab, build_tokenizer_from("HFTokenizer", tokenizer_file).vocab_size)
         flat.update(tokenizer_type="HFTokenizer", vocab_file=tokenizer_file)
+        tok_vocab = build_tokenizer_from("HFTokenizer", tokenizer_file).vocab_size
+        if pad_vocab_size(tok_vocab, 128, tp) >= vocab:
+            return flat  # padded_vocab_size follows from the tokenizer (and any later tp)
     else:  # no tokenizer.json in the HF directory: the user sets vocab_file (the model's tokenizer)
         flat["tokenizer_type"] = "HFTokenizer"
     flat["padded_vocab_size"] = pad_vocab_size(vocab, 128, tp)
