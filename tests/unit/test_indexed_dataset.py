@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -90,6 +91,118 @@ def test_damaged_files_name_the_problem(tmp_path, damage, message):
         open(bin_, "r+b").truncate(6)
     elif damage == "missing_bin":
         os.remove(bin_)
+    else:
+        open(idx, "wb").write(bytes(raw))
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as err:
+        MMapIndexedDataset(prefix)
+    assert prefix in str(err.value)
+
+
+def test_idx_bytes_field_by_field(tmp_path):
+    """A hand-made dataset: every field of the .idx checked with struct, and the .bin bytes."""
+    prefix = str(tmp_path / "hand")
+    build(prefix, np.uint16)  # sequences [1,2,3] | [4,5] [6] | [7,8,9,10]
+    idx = open(index_file_path(prefix), "rb").read()
+    assert idx[0:9] == b"MMIDIDX\x00\x00"
+    assert struct.unpack("<Q", idx[9:17]) == (1,)  # version
+    assert struct.unpack("<B", idx[17:18]) == (8,)  # dtype code: uint16
+    assert struct.unpack("<Q", idx[18:26]) == (4,)  # N sequences
+    assert struct.unpack("<Q", idx[26:34]) == (4,)  # D = documents + 1
+    assert struct.unpack("<4i", idx[34:50]) == (3, 2, 1, 4)  # sizes
+    assert struct.unpack("<4q", idx[50:82]) == (0, 6, 10, 12)  # byte pointers (2 bytes/token)
+    assert struct.unpack("<4q", idx[82:114]) == (0, 1, 3, 4)  # doc_idx
+    assert len(idx) == 114
+    assert open(data_file_path(prefix), "rb").read() == struct.pack("<10H", *range(1, 11))
+
+
+@pytest.mark.parametrize("dtype, code", [(np.uint8, 1), (np.int8, 2), (np.int16, 3), (np.int32, 4),
+                                         (np.int64, 5), (np.float32, 6), (np.float64, 7), (np.uint16, 8)])
+def test_dtype_codes(tmp_path, dtype, code):
+    prefix = str(tmp_path / "d")
+    build(prefix, dtype)
+    assert open(index_file_path(prefix), "rb").read()[17] == code
+    assert MMapIndexedDataset(prefix).dtype == dtype
+
+
+def test_spilled_builder_writes_the_same_bytes(tmp_path):
+    """Sizes/doc_idx spilled to temp files every 3 entries give the same files as in memory."""
+    rng = np.random.default_rng(0)
+    docs = [[rng.integers(0, 500, rng.integers(1, 9)).tolist() for _ in range(rng.integers(1, 4))]
+            for _ in range(40)]
+    outputs = []
+    for limit in (1 << 20, 3):
+        prefix = str(tmp_path / f"s{limit}")
+        builder = MMapIndexedDatasetBuilder(data_file_path(prefix), np.uint16, spill_limit=limit)
+        for doc in docs:
+            for seq in doc:
+                builder.add_item(np.asarray(seq))
+            builder.end_document()
+        if limit == 3:  # and merge the in-memory one into the spilled one
+            builder.merge_file_(str(tmp_path / f"s{1 << 20}"))
+        builder.finalize(index_file_path(prefix))
+        outputs.append(prefix)
+    big, small = MMapIndexedDataset(outputs[0]), MMapIndexedDataset(outputs[1])
+    n = len(big)
+    assert small.sizes.tolist() == big.sizes.tolist() * 2
+    assert small.doc_idx.tolist() == big.doc_idx.tolist() + (n + big.doc_idx[1:]).tolist()
+    assert all(small[i].tolist() == small[i + n].tolist() == big[i].tolist() for i in range(n))
+    assert sorted(os.listdir(tmp_path)) == ["s1048576.bin", "s1048576.idx", "s3.bin", "s3.idx"]
+
+
+def test_slices_views_and_torch_input(tmp_path):
+    import torch
+
+    prefix = str(tmp_path / "d")
+    builder = MMapIndexedDatasetBuilder(data_file_path(prefix), np.int32)
+    builder.add_item(torch.tensor([5, 6, 7]))
+    builder.add_item([8])
+    builder.end_document()
+    builder.finalize(index_file_path(prefix))
+    ds = MMapIndexedDataset(prefix)
+    assert [a.tolist() for a in ds[0:2]] == [[5, 6, 7], [8]] and ds[1:1] == []
+    assert isinstance(ds.get(0), np.memmap)  # a view of the mapped file, no copy
+    with pytest.raises(ValueError, match="contiguous"):
+        ds[0:2:2]
+
+
+def test_ids_that_do_not_fit_the_dtype_are_an_error(tmp_path):
+    prefix = str(tmp_path / "d")
+    with MMapIndexedDatasetBuilder(data_file_path(prefix), np.uint16) as builder:
+        with pytest.raises(ValueError, match="do not fit in uint16"):
+            builder.add_item([1, 70000])
+    assert os.listdir(tmp_path) == []  # left without finalize(): temporaries removed
+
+
+def test_neox_merged_file_without_doc_idx_is_readable(tmp_path):
+    """GPT-NeoX's merge tool leaves doc_idx == [0]: readable (training uses sizes only)."""
+    prefix = str(tmp_path / "d")
+    build(prefix)
+    raw = bytearray(open(index_file_path(prefix), "rb").read())
+    raw[26:34] = struct.pack("<Q", 1)
+    open(index_file_path(prefix), "wb").write(bytes(raw[: 34 + 12 * 4 + 8]))
+    ds = MMapIndexedDataset(prefix)
+    assert len(ds) == 4 and ds.num_documents == 0 and ds[3].tolist() == [7, 8, 9, 10]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("short_header", "shorter than the 34-byte header"),
+    ("bad_pointer", "corrupt pointers"),
+    ("bad_doc_idx", "corrupt doc_idx"),
+    ("missing_idx", "dataset file not found"),
+])
+def test_more_damage_is_named(tmp_path, damage, message):
+    prefix = str(tmp_path / "d")
+    build(prefix)
+    idx = index_file_path(prefix)
+    raw = bytearray(open(idx, "rb").read())
+    if damage == "short_header":
+        raw = raw[:20]
+    elif damage == "bad_pointer":
+        raw[50 + 8 * 3 : 50 + 8 * 4] = struct.pack("<q", 14)
+    elif damage == "bad_doc_idx":
+        raw[82 + 8 * 3 :] = struct.pack("<q", 9)
+    if damage == "missing_idx":
+        os.remove(idx)
     else:
         open(idx, "wb").write(bytes(raw))
     with pytest.raises((ValueError, FileNotFoundError), match=message) as err:
