@@ -8,13 +8,15 @@ and ``ckpt/config.yml``: a ready config (model shape, tokenizer, ``load: ckpt``)
 ``./deepy.py generate.py ckpt/config.yml``, ``evaluate.py`` or a fine-tuning run (add your data
 and ``finetune: true``) works right away. Reads config.json in either style (``rotary_pct`` /
 ``rotary_emb_base``, or transformers 5 ``rope_parameters``) and model.safetensors (or
-pytorch_model.bin, loaded weights-only).
+pytorch_model.bin, loaded weights-only). The tokenizer: tokenizer.json (HFTokenizer) or
+vocab.json + merges.txt (HFGPT2Tokenizer), copied next to the checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import shutil
 import sys
 
@@ -31,61 +33,100 @@ from megatron_lite.model.hf_interop import (  # noqa: E402
     read_hf_dir,
     state_dict_from_hf,
 )
-from megatron_lite.tokenizer import build_tokenizer_from  # noqa: E402
+from megatron_lite.tokenizer import vocab_size_of  # noqa: E402
 from megatron_lite.training.checkpoint_format import write_weights_checkpoint  # noqa: E402
 
+# HF tokenizer files -> (our tokenizer_type, the config keys they fill), first match wins.
+_TOKENIZER_FILES = (("HFTokenizer", ("tokenizer.json",)), ("HFGPT2Tokenizer", ("vocab.json", "merges.txt")))
 
-def ready_config(hf_config: dict, out: str, tp: int, tokenizer_file: str | None) -> dict:
+
+def copy_tokenizer(input_dir: str, output_dir: str) -> tuple[str | None, list[str]]:
+    """(tokenizer_type, copied file paths) of the HF directory's tokenizer, or (None, [])."""
+    for kind, names in _TOKENIZER_FILES:
+        if all(os.path.isfile(os.path.join(input_dir, n)) for n in names):
+            copied = [os.path.join(os.path.abspath(output_dir), n) for n in names]
+            for name, dst in zip(names, copied):
+                shutil.copy2(os.path.join(input_dir, name), dst)
+            return kind, copied
+    return None, []
+
+
+def vocab_divisor(tok_vocab: int, model_vocab: int, tp: int) -> int:
+    """``make_vocab_size_divisible_by`` such that the rows derived from the tokenizer hold the
+    model's embedding (GPT-NeoX-20B: 50277 tokens, 50432 rows = 128 * 2 * 197)."""
+    divisor = 128
+    while pad_vocab_size(tok_vocab, divisor, tp) < model_vocab:
+        divisor *= 2
+    return divisor
+
+
+def ready_config(hf_config: dict, out: str, tp: int, kind: str | None, files: list[str]) -> dict:
+    """The flat config.yml: model shape, tokenizer, parallel layout, load/save."""
     vocab = hf_config["vocab_size"]
     flat = {**model_keys_from_hf(hf_config), "model_parallel_size": tp, "pipe_parallel_size": 0,
-            "load": os.path.abspath(out), "save": os.path.abspath(out),
-            "make_vocab_size_divisible_by": 128}
-    if tokenizer_file:
-        flat.update(tokenizer_type="HFTokenizer", vocab_file=tokenizer_file)
-        tok_vocab = build_tokenizer_from("HFTokenizer", tokenizer_file).vocab_size
-        if pad_vocab_size(tok_vocab, 128, tp) >= vocab:
-            return flat  # padded_vocab_size follows from the tokenizer (and any later tp)
-    else:  # no tokenizer.json in the HF directory: the user sets vocab_file (the model's tokenizer)
-        flat["tokenizer_type"] = "HFTokenizer"
-    flat["padded_vocab_size"] = pad_vocab_size(vocab, 128, tp)
+            "load": os.path.abspath(out), "save": os.path.abspath(out)}
+    if kind is None:  # the user sets vocab_file (the model's tokenizer) before running anything
+        flat.update(tokenizer_type="HFTokenizer", make_vocab_size_divisible_by=128,
+                    padded_vocab_size=pad_vocab_size(vocab, 128, tp))
+        return flat
+    flat.update(tokenizer_type=kind, vocab_file=files[0], **({"merge_file": files[1]} if len(files) > 1 else {}))
+    # padded_vocab_size then follows from the tokenizer (for this and any later tp size).
+    flat["make_vocab_size_divisible_by"] = vocab_divisor(vocab_size_of(kind, *files), vocab, tp)
     return flat
 
 
-def convert(input_dir: str, output_dir: str, tp: int) -> str:
+def _check_paths(input_dir: str, output_dir: str) -> None:
+    if not os.path.isdir(input_dir):
+        raise FileNotFoundError(f"input directory not found: {input_dir}")
     if not is_hf_dir(input_dir):
-        raise FileNotFoundError(f"{input_dir}: not a Hugging Face model directory (config.json + model.safetensors)")
+        raise FileNotFoundError(f"{input_dir}: not a Hugging Face model directory "
+                                "(config.json + model.safetensors or pytorch_model.bin)")
+    if os.path.realpath(input_dir) == os.path.realpath(output_dir):
+        raise ValueError("--output_dir must differ from --input_dir")
+
+
+def convert(input_dir: str, output_dir: str, tp: int) -> tuple[str, bool]:
+    """Write the checkpoint and its config.yml; returns (the config's path, tokenizer found)."""
+    _check_paths(input_dir, output_dir)
     hf_config, weights = read_hf_dir(input_dir)
+    model_keys_from_hf(hf_config)  # unsupported architecture: fail before writing anything
     os.makedirs(output_dir, exist_ok=True)
-    tokenizer_file = None
-    if os.path.isfile(os.path.join(input_dir, "tokenizer.json")):
-        tokenizer_file = os.path.join(os.path.abspath(output_dir), "tokenizer.json")
-        shutil.copy2(os.path.join(input_dir, "tokenizer.json"), tokenizer_file)
-    flat = ready_config(hf_config, output_dir, tp, tokenizer_file)
+    kind, files = copy_tokenizer(input_dir, output_dir)
+    flat = ready_config(hf_config, output_dir, tp, kind, files)
     cfg = resolve(config_from_flat(flat), tp)  # validates: heads divisible by tp, ...
     full = state_dict_from_hf(weights, cfg.model.padded_vocab_size, tied=not cfg.model.no_weight_tying)
     write_weights_checkpoint(full, output_dir, dump_yaml(cfg), tp, glu=False,
-                             tokenizer_files=[tokenizer_file] if tokenizer_file else None,
-                             vocab_size=hf_config["vocab_size"])
+                             tokenizer_files=files or None, vocab_size=hf_config["vocab_size"])
     path = os.path.join(output_dir, "config.yml")
-    with open(path + ".tmp", "w") as handle:
-        handle.write("# Written by tools/convert_from_hf.py: the model of " + os.path.abspath(input_dir) + "\n")
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        handle.write(f"# Written by tools/convert_from_hf.py from {os.path.abspath(input_dir)}.\n"
+                     "# Fine-tune: add data paths, batch/lr settings and `finetune: true`.\n")
         yaml.safe_dump(flat, handle, sort_keys=False)
     os.replace(path + ".tmp", path)
-    return path
+    return path, kind is not None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="example: python tools/convert_from_hf.py --input_dir pythia-160m "
+                                       "--output_dir ckpt --model_parallel_size 2")
     p.add_argument("--input_dir", required=True, help="Hugging Face GPTNeoX directory")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--model_parallel_size", type=int, default=1)
+    p.add_argument("--output_dir", required=True, help="checkpoint directory to write (becomes `load`)")
+    p.add_argument("--model_parallel_size", type=int, default=1, help="tensor-parallel shards to write")
     args = p.parse_args(argv)
+    if args.model_parallel_size < 1:
+        p.error("--model_parallel_size must be >= 1")
     try:
-        path = convert(args.input_dir, args.output_dir, args.model_parallel_size)
-    except (UnsupportedForHF, FileNotFoundError, ValueError, KeyError) as exc:
+        path, has_tokenizer = convert(args.input_dir, args.output_dir, args.model_parallel_size)
+    except KeyError as exc:
+        print(f"convert_from_hf.py: error: config.json lacks {exc}", file=sys.stderr)
+        return 1
+    except (UnsupportedForHF, OSError, ValueError, pickle.UnpicklingError) as exc:
         print(f"convert_from_hf.py: error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote checkpoint {args.output_dir} and its config {path}")
+    if not has_tokenizer:
+        print("note: the HF directory has no tokenizer files: set vocab_file in the config")
     return 0
 
 

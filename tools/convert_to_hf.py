@@ -3,10 +3,12 @@
 
     python tools/convert_to_hf.py --input_dir checkpoints [--iteration N] --output_dir hf_model
 
-Writes config.json, model.safetensors and (for a tokenizers-JSON tokenizer) tokenizer.json +
-tokenizer_config.json: a GPTNeoXForCausalLM directory that ``from_pretrained`` loads offline.
-Written to a temporary directory and renamed when complete. Options GPTNeoX cannot express
-(alibi, rmsnorm, swiglu, GQA, ...) are an error.
+Writes config.json, model.safetensors (transformers' save_pretrained) and, for a tokenizers
+tokenizer (HFTokenizer, GPT2BPETokenizer, HFGPT2Tokenizer), tokenizer.json +
+tokenizer_config.json (PreTrainedTokenizerFast with eos/bos/pad): a GPTNeoXForCausalLM directory
+that ``from_pretrained`` / ``AutoTokenizer.from_pretrained`` load offline. Written to a temporary
+directory and renamed when complete. Options GPTNeoX cannot express (alibi, rmsnorm, swiglu,
+GQA, ...) are an error.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_lite.api import load_weights  # noqa: E402
-from megatron_lite.model.hf_interop import UnsupportedForHF, hf_config_dict, state_dict_to_hf  # noqa: E402
+from megatron_lite.model.hf_interop import UnsupportedForHF, check_exportable, save_hf_model  # noqa: E402
 from megatron_lite.training.checkpoint_format import (  # noqa: E402
     CONFIG_FILE,
     TOKENIZER_DIR,
@@ -29,57 +32,91 @@ from megatron_lite.training.checkpoint_format import (  # noqa: E402
 )
 
 
-def write_tokenizer(step: str, out: str, tokenizer) -> None:
-    """tokenizer.json + a PreTrainedTokenizerFast config, when the tokenizer is a tokenizers JSON."""
-    import yaml
+def _tokenizer_json(step: str, flat: dict, tokenizer, out_path: str) -> bool:
+    """Write tokenizer.json; False when the tokenizer has no ``tokenizers`` form."""
+    kind = flat.get("tokenizer_type")
+    if kind == "HFTokenizer":  # the original file, byte for byte
+        local = os.path.join(step, TOKENIZER_DIR, os.path.basename(flat.get("vocab_file") or ""))
+        source = local if os.path.isfile(local) else flat.get("vocab_file")
+        shutil.copy2(source, out_path)
+        return True
+    rust = getattr(tokenizer, "_tok", None)  # GPT-2 vocab/merges types: their tokenizers object
+    if rust is None:
+        return False
+    rust.save(out_path)
+    return True
 
+
+def write_tokenizer(step: str, out: str, tokenizer) -> str:
+    """tokenizer.json + a PreTrainedTokenizerFast config (eos/bos = end of document, pad);
+    returns what was written, for the report."""
+    import yaml
+    from tokenizers import Tokenizer
+
+    if tokenizer is None:
+        return "no tokenizer (the checkpoint carries none)"
     with open(os.path.join(step, CONFIG_FILE), encoding="utf-8") as handle:
         flat = yaml.safe_load(handle)
-    if flat.get("tokenizer_type") != "HFTokenizer" or tokenizer is None:
-        return
-    shutil.copy2(os.path.join(step, TOKENIZER_DIR, os.path.basename(flat["vocab_file"])),
-                 os.path.join(out, "tokenizer.json"))
-    special = {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
-    if tokenizer.pad != tokenizer.eod:
-        special["pad_token"] = "<|padding|>"
-    with open(os.path.join(out, "tokenizer_config.json"), "w") as handle:
-        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", **special}, handle, indent=2)
+    path = os.path.join(out, "tokenizer.json")
+    if not _tokenizer_json(step, flat, tokenizer, path):
+        return f"no tokenizer ({flat.get('tokenizer_type')} has no transformers equivalent)"
+    saved = Tokenizer.from_file(path)
+    eos = saved.id_to_token(tokenizer.eod)
+    special = {"eos_token": eos, "bos_token": eos, "unk_token": eos,
+               "pad_token": saved.id_to_token(tokenizer.pad)}
+    with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as handle:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                   **special}, handle, indent=2)
+    with open(os.path.join(out, "special_tokens_map.json"), "w", encoding="utf-8") as handle:
+        json.dump(special, handle, indent=2)
+    return "tokenizer.json + tokenizer_config.json"
 
 
-def convert(input_dir: str, output_dir: str, iteration: int | None) -> None:
-    from safetensors.torch import save_file
+def _check_paths(input_dir: str, output_dir: str) -> None:
+    """The output replaces whatever is at output_dir: never the checkpoint itself."""
+    src, dst = os.path.realpath(input_dir), os.path.realpath(output_dir)
+    if dst == src or src.startswith(dst + os.sep) or dst.startswith(src + os.sep):
+        raise ValueError(f"--output_dir {output_dir} must lie outside --input_dir {input_dir}")
 
+
+def convert(input_dir: str, output_dir: str, iteration: int | None) -> str:
+    """Write the HF directory; returns a one-line description of what was written."""
+    _check_paths(input_dir, output_dir)
     step = resolve_step_dir(input_dir, iteration)
     cfg, full, tokenizer, vocab = load_weights(step)
-    eod = tokenizer.eod if tokenizer else None
-    pad = tokenizer.pad if tokenizer else None
-    hf_config = hf_config_dict(cfg, vocab, eod, pad)
-    weights = state_dict_to_hf(full, vocab)
+    check_exportable(cfg)  # before writing anything
     tmp = output_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    with open(os.path.join(tmp, "config.json"), "w") as handle:
-        json.dump(hf_config, handle, indent=2)
-    save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(tmp, "model.safetensors"),
-              metadata={"format": "pt"})
-    write_tokenizer(step, tmp, tokenizer)
+    try:
+        save_hf_model(cfg, full, vocab, tmp, eod=getattr(tokenizer, "eod", None),
+                      pad=getattr(tokenizer, "pad", None))
+        tok_note = write_tokenizer(step, tmp, tokenizer)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.exists(output_dir):
         shutil.rmtree(output_dir)
     os.replace(tmp, output_dir)
+    return f"{cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {vocab}; {tok_note}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--input_dir", required=True, help="checkpoint directory (save/load) or a global_step dir")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--iteration", type=int, default=None, help="default: latest")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="example: python tools/convert_to_hf.py --input_dir checkpoints --output_dir hf_model")
+    p.add_argument("--input_dir", required=True, help="checkpoint directory (save/load) or one global_step<N> dir")
+    p.add_argument("--output_dir", required=True, help="HF directory to write (replaced if it exists)")
+    p.add_argument("--iteration", type=int, default=None, help="step to export (default: latest)")
     args = p.parse_args(argv)
     try:
-        convert(args.input_dir, args.output_dir, args.iteration)
-    except (CheckpointError, UnsupportedForHF, FileNotFoundError, ValueError) as exc:
+        note = convert(args.input_dir, args.output_dir, args.iteration)
+    except KeyError as exc:
+        print(f"convert_to_hf.py: error: the checkpoint's config lacks {exc}", file=sys.stderr)
+        return 1
+    except (CheckpointError, UnsupportedForHF, OSError, ValueError, pickle.UnpicklingError) as exc:
         print(f"convert_to_hf.py: error: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {args.output_dir} (GPTNeoXForCausalLM)")
+    print(f"wrote {args.output_dir} (GPTNeoXForCausalLM: {note})")
     return 0
 
 

@@ -1,10 +1,20 @@
 """Hugging Face ``GPTNeoXForCausalLM`` <-> megatron_lite: configs and weights.
 
-Names map one to one (GPT-NeoX's layout is HF's): ``gpt_neox.X`` <-> ``X``, except
-``gpt_neox.final_layer_norm`` <-> ``final_layernorm``, ``gpt_neox.embed_in`` <->
-``embedding.word_embeddings`` and the head, ``embed_out.weight`` (on disk) or
-``lm_head.weight`` (transformers 5's in-memory name) <-> ``lm_head.embed_out.weight``. Our embedding and head
-carry padding rows (``padded_vocab_size``); they are added on import and dropped on export.
+Names map one to one (GPT-NeoX's layout is HF's, including the per-head ``[heads, 3, head_dim]``
+rows of ``query_key_value``): ``gpt_neox.X`` <-> ``X``, except ``gpt_neox.final_layer_norm`` <->
+``final_layernorm``, ``gpt_neox.embed_in`` <-> ``embedding.word_embeddings`` and the head,
+``embed_out.weight`` (on disk) or ``lm_head.weight`` (transformers 5's in-memory name) <->
+``lm_head.embed_out.weight``. Our embedding and head carry padding rows (``padded_vocab_size``);
+they are added (zeros) on import and dropped on export.
+
+``config.json`` comes in two styles, both read: older transformers (the Pythia checkpoints) put
+``rotary_pct`` / ``rotary_emb_base`` at top level, transformers 5 writes
+``rope_parameters: {rope_theta, partial_rotary_factor}``. We write both, so old and new readers
+agree.
+
+What GPTNeoX cannot express (ALiBi / learned / sinusoidal / no positions, RMSNorm, GLU
+activations, grouped-query attention, MLP or norm without biases) raises ``UnsupportedForHF``
+naming the option.
 """
 
 from __future__ import annotations
@@ -16,27 +26,38 @@ from typing import Any
 import torch
 
 from megatron_lite.config.schema import ModelConfig
+from megatron_lite.utils.logging import get_logger
+
+logger = get_logger(__name__)
 
 SAFETENSORS = "model.safetensors"
+PYTORCH_BIN = "pytorch_model.bin"
+_WEIGHT_FILES = (SAFETENSORS, SAFETENSORS + ".index.json", PYTORCH_BIN, PYTORCH_BIN + ".index.json")
+HEAD_KEYS = ("embed_out.weight", "lm_head.weight")  # on-disk name, transformers 5 in-memory name
+# Our activation <-> transformers ACT2FN name; all are exact (HF "gelu" is erf GELU, as F.gelu).
+_ACT_TO_HF = {"gelu": "gelu", "relu": "relu", "silu": "silu"}
+_ACT_FROM_HF = {"gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu"}
 
 
 class UnsupportedForHF(ValueError):
-    """A model option that GPTNeoXForCausalLM cannot express."""
+    """A model option (ours or in a config.json) that the other side cannot express."""
 
 
 def check_exportable(cfg: ModelConfig) -> None:
-    """Raise for every option of ours that HF GPTNeoX has no way to represent."""
+    """Raise ``UnsupportedForHF`` listing every option that HF GPTNeoX cannot represent."""
     problems = []
     if cfg.pos_emb != "rotary":
         problems.append(f"pos_emb: {cfg.pos_emb} (HF GPTNeoX has rotary positions only)")
-    if cfg.norm != "layernorm" or not cfg.use_bias_in_norms:
-        problems.append("norm: rmsnorm / LayerNorm without bias (HF GPTNeoX uses LayerNorm with bias)")
-    if cfg.activation != "gelu":
-        problems.append(f"activation: {cfg.activation} (exportable: gelu)")
+    if cfg.norm != "layernorm":
+        problems.append(f"norm: {cfg.norm} (HF GPTNeoX uses LayerNorm)")
+    if not cfg.use_bias_in_norms:
+        problems.append("use_bias_in_norms: false (HF GPTNeoX's LayerNorms have biases)")
+    if cfg.activation not in _ACT_TO_HF:
+        problems.append(f"activation: {cfg.activation} (exportable: {', '.join(_ACT_TO_HF)})")
     if cfg.num_kv_heads not in (None, cfg.num_attention_heads):
-        problems.append("num_kv_heads (grouped-query attention)")
-    if not (cfg.use_bias_in_attn_linear and cfg.use_bias_in_mlp):
-        problems.append("use_bias_in_attn_linear / use_bias_in_mlp: false (HF GPTNeoX has biases)")
+        problems.append(f"num_kv_heads: {cfg.num_kv_heads} (grouped-query attention)")
+    if not cfg.use_bias_in_mlp:
+        problems.append("use_bias_in_mlp: false (HF GPTNeoX's MLP has biases)")
     if problems:
         raise UnsupportedForHF("Hugging Face GPTNeoX cannot express: " + "; ".join(problems))
 
@@ -48,41 +69,58 @@ def hf_config_dict(cfg: ModelConfig, vocab_size: int, eod: int | None, pad: int 
         "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
         "vocab_size": vocab_size, "hidden_size": cfg.hidden_size,
         "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_attention_heads,
-        "intermediate_size": cfg.intermediate_size, "hidden_act": "gelu",
+        "intermediate_size": cfg.intermediate_size, "hidden_act": _ACT_TO_HF[cfg.activation],
         "max_position_embeddings": cfg.max_position_embeddings,
         "rotary_pct": cfg.rotary_pct, "rotary_emb_base": cfg.rotary_emb_base,
         "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.rotary_emb_base),
                             "partial_rotary_factor": cfg.rotary_pct},
         "use_parallel_residual": cfg.gpt_j_residual, "tie_word_embeddings": not cfg.no_weight_tying,
-        "layer_norm_eps": cfg.layernorm_epsilon, "attention_bias": True,
-        "initializer_range": cfg.init_method_std, "hidden_dropout": 0.0, "attention_dropout": 0.0,
+        "layer_norm_eps": cfg.layernorm_epsilon, "attention_bias": cfg.use_bias_in_attn_linear,
+        "initializer_range": cfg.init_method_std, "hidden_dropout": cfg.hidden_dropout,
+        "attention_dropout": cfg.attention_dropout,
         "bos_token_id": eod, "eos_token_id": eod, "pad_token_id": pad, "use_cache": True,
     }
 
 
-def model_keys_from_hf(hf: dict[str, Any], seq_length: int | None = None) -> dict[str, Any]:
-    """Flat GPT-NeoX config keys (ours) from an HF GPTNeoX ``config.json``, either style."""
-    if hf.get("model_type") not in (None, "gpt_neox"):
-        raise UnsupportedForHF(f"model_type {hf.get('model_type')!r}: only gpt_neox models convert")
+def _rotary_from_hf(hf: dict[str, Any]) -> tuple[float, int]:
+    """(rotary_pct, rotary_emb_base) from either config.json style."""
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-        raise UnsupportedForHF(f"rope scaling {rope.get('rope_type')!r} is not implemented")
-    rotary_pct = rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25))
-    base = rope.get("rope_theta", hf.get("rotary_emb_base", 10000))
-    if hf.get("hidden_act", "gelu") != "gelu":
-        raise UnsupportedForHF(f"hidden_act {hf['hidden_act']!r}: only gelu converts")
-    if hf.get("attention_bias", True) is False:
-        raise UnsupportedForHF("attention_bias: false is not representable (biases are on)")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", None):
+        raise UnsupportedForHF(f"rope_parameters.rope_type {rope_type!r}: only default rotary is implemented")
+    # transformers' own defaults when a key is absent: 0.25 and 10000.
+    pct = float(rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)))
+    base = float(rope.get("rope_theta", hf.get("rotary_emb_base", 10000)))
+    if base != int(base):
+        raise UnsupportedForHF(f"rope_theta {base}: rotary_emb_base must be an integer here")
+    return pct, int(base)
+
+
+def model_keys_from_hf(hf: dict[str, Any], seq_length: int | None = None) -> dict[str, Any]:
+    """Flat GPT-NeoX config keys (ours) from an HF GPTNeoX ``config.json``, either style.
+
+    ``seq_length`` defaults to (and is capped at) ``max_position_embeddings``.
+    """
+    if hf.get("model_type") not in (None, "gpt_neox"):
+        raise UnsupportedForHF(f"model_type {hf.get('model_type')!r}: only gpt_neox (GPTNeoXForCausalLM) models convert")
+    act = hf.get("hidden_act", "gelu")
+    if act not in _ACT_FROM_HF:
+        raise UnsupportedForHF(f"hidden_act {act!r}: convertible are {', '.join(_ACT_FROM_HF)}")
+    rotary_pct, base = _rotary_from_hf(hf)
     max_pos = hf["max_position_embeddings"]
     return {
         "num_layers": hf["num_hidden_layers"], "hidden_size": hf["hidden_size"],
         "num_attention_heads": hf["num_attention_heads"], "intermediate_size": hf["intermediate_size"],
         "seq_length": min(seq_length or max_pos, max_pos), "max_position_embeddings": max_pos,
-        "pos_emb": "rotary", "rotary_pct": float(rotary_pct), "rotary_emb_base": int(base),
+        "pos_emb": "rotary", "rotary_pct": rotary_pct, "rotary_emb_base": base,
         "gpt_j_residual": bool(hf.get("use_parallel_residual", True)),
         "no_weight_tying": not hf.get("tie_word_embeddings", False),
         "layernorm_epsilon": float(hf.get("layer_norm_eps", 1e-5)), "norm": "layernorm",
-        "activation": "gelu", "init_method_std": float(hf.get("initializer_range", 0.02)),
+        "activation": _ACT_FROM_HF[act], "use_bias_in_attn_linear": bool(hf.get("attention_bias", True)),
+        "use_bias_in_mlp": True, "use_bias_in_norms": True,
+        "hidden_dropout": float(hf.get("hidden_dropout", 0.0)),
+        "attention_dropout": float(hf.get("attention_dropout", 0.0)),
+        "init_method_std": float(hf.get("initializer_range", 0.02)),
     }
 
 
@@ -93,65 +131,112 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], padded_vocab: int, tied: bool) -> dict[str, torch.Tensor]:
-    """HF GPTNeoXForCausalLM weights -> our full (tp = 1) GPTModel state dict."""
+    """HF GPTNeoXForCausalLM weights -> our full (tp = 1) GPTModel state dict.
+
+    Accepts both head names; a tied model's head (if a file carries one) is the embedding and
+    is dropped. An untied model without a head (a bare ``GPTNeoXModel``) is an error.
+    """
     out: dict[str, torch.Tensor] = {}
     for key, value in hf_sd.items():
         if key.endswith((".attention.bias", ".attention.masked_bias", "rotary_emb.inv_freq")):
-            continue  # causal-mask and rotary buffers, not weights
-        if key in ("lm_head.weight", "embed_out.weight"):
+            continue  # causal-mask and rotary buffers of older files, not weights
+        if key in HEAD_KEYS:
             if not tied:
                 out["lm_head.embed_out.weight"] = _pad_rows(value, padded_vocab)
             continue
-        name = key.removeprefix("gpt_neox.")
-        name = name.replace("final_layer_norm", "final_layernorm")
+        name = key.removeprefix("gpt_neox.").replace("final_layer_norm", "final_layernorm")
         if name == "embed_in.weight":
             out["embedding.word_embeddings.weight"] = _pad_rows(value, padded_vocab)
         else:
             out[name] = value
+    if "embedding.word_embeddings.weight" not in out:
+        raise UnsupportedForHF("the weights have no gpt_neox.embed_in.weight: not a GPTNeoX model")
+    if not tied and "lm_head.embed_out.weight" not in out:
+        raise UnsupportedForHF("untied model (tie_word_embeddings false) without an LM head "
+                               "(embed_out.weight / lm_head.weight): a bare GPTNeoXModel?")
     return out
 
 
-def state_dict_to_hf(sd: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
-    """Our full GPTModel state dict -> GPTNeoXForCausalLM file names (padding dropped).
+def state_dict_to_hf(sd: dict[str, torch.Tensor], vocab_size: int, head_name: str = "embed_out.weight") -> dict[str, torch.Tensor]:
+    """Our full GPTModel state dict -> GPTNeoXForCausalLM names (padding rows dropped).
 
-    The head is written as ``embed_out.weight``, the name transformers itself writes to disk
-    (and that older releases read)."""
+    ``head_name``: ``embed_out.weight`` is what transformers writes to disk (and what older
+    releases read); ``lm_head.weight`` is transformers 5's module name (for ``load_state_dict``).
+    """
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         if key == "embedding.word_embeddings.weight":
             out["gpt_neox.embed_in.weight"] = value[:vocab_size].contiguous()
         elif key == "lm_head.embed_out.weight":
-            out["embed_out.weight"] = value[:vocab_size].contiguous()
+            out[head_name] = value[:vocab_size].contiguous()
         else:
             out["gpt_neox." + key.replace("final_layernorm", "final_layer_norm")] = value.contiguous()
     return out
 
 
+def save_hf_model(cfg: ModelConfig, full: dict[str, torch.Tensor], vocab_size: int, out_dir: str,
+                  eod: int | None = None, pad: int | None = None) -> None:
+    """Write a ``GPTNeoXForCausalLM`` directory (config.json, model.safetensors,
+    generation_config.json) with transformers' own ``save_pretrained``.
+
+    The model is built on the meta device and the weights assigned, so no memory or time goes
+    to a random init that would be overwritten.
+    """
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = hf_config_dict(cfg, vocab_size, eod, pad)
+    legacy = {k: config.pop(k) for k in ("rotary_pct", "rotary_emb_base")}
+    with torch.device("meta"):
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**config))
+    weights = state_dict_to_hf(full, vocab_size, head_name="lm_head.weight")
+    result = model.load_state_dict(weights, strict=False, assign=True)
+    tied_head = ["lm_head.weight"] if not cfg.no_weight_tying else []
+    if result.unexpected_keys or sorted(result.missing_keys) != tied_head:
+        raise UnsupportedForHF(f"weights do not fit GPTNeoXForCausalLM: missing {result.missing_keys}, "
+                               f"unexpected {result.unexpected_keys}")
+    if not cfg.no_weight_tying:
+        model.tie_weights()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    # Older transformers (and other GPT-NeoX readers) look for the top-level rotary keys.
+    path = os.path.join(out_dir, "config.json")
+    with open(path, encoding="utf-8") as handle:
+        written = json.load(handle)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({**written, **legacy}, handle, indent=2, sort_keys=True)
+
+
 def is_hf_dir(path: str) -> bool:
+    """A directory with config.json and HF weights (single file or sharded)."""
     return os.path.isfile(os.path.join(path, "config.json")) and any(
-        os.path.isfile(os.path.join(path, f)) for f in (SAFETENSORS, "pytorch_model.bin"))
+        os.path.isfile(os.path.join(path, f)) for f in _WEIGHT_FILES)
+
+
+def _sharded(path: str, index_name: str) -> list[str]:
+    with open(os.path.join(path, index_name), encoding="utf-8") as handle:
+        return [os.path.join(path, name) for name in sorted(set(json.load(handle)["weight_map"].values()))]
+
+
+def _load_bin(path: str) -> dict[str, torch.Tensor]:
+    # weights_only: a shared file is never unpickled with the full (code-running) unpickler.
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_hf_dir(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config.json, weights) of an HF directory; weights via safetensors or weights-only load."""
+    """(config.json, weights) of an HF directory; safetensors preferred, else a weights-only
+    ``torch.load`` of pytorch_model.bin; sharded files (``*.index.json``) too."""
     with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
         config = json.load(handle)
-    st_path = os.path.join(path, SAFETENSORS)
-    if os.path.isfile(st_path):
-        from safetensors.torch import load_file
+    from safetensors.torch import load_file
 
-        return config, load_file(st_path)
-    index = os.path.join(path, SAFETENSORS + ".index.json")
-    if os.path.isfile(index):
-        from safetensors.torch import load_file
-
-        with open(index, encoding="utf-8") as handle:
-            files = sorted(set(json.load(handle)["weight_map"].values()))
+    candidates = [(SAFETENSORS, load_file), (SAFETENSORS + ".index.json", load_file),
+                  (PYTORCH_BIN, _load_bin), (PYTORCH_BIN + ".index.json", _load_bin)]
+    for name, loader in candidates:
+        if not os.path.isfile(os.path.join(path, name)):
+            continue
+        files = _sharded(path, name) if name.endswith(".index.json") else [os.path.join(path, name)]
         weights: dict[str, torch.Tensor] = {}
-        for name in files:
-            weights.update(load_file(os.path.join(path, name)))
+        for file in files:
+            weights.update(loader(file))
+        logger.info("read %d tensors from %s", len(weights), ", ".join(map(os.path.basename, files)))
         return config, weights
-    bin_path = os.path.join(path, "pytorch_model.bin")
-    if os.path.isfile(bin_path):
-        return config, torch.load(bin_path, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
+    raise FileNotFoundError(f"{path}: no {SAFETENSORS} or {PYTORCH_BIN}")
