@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output_dir", required=True, help="HF directory to write (replaced if it exists)")
     p.add_argument("--iteration", type=int, default=None, help="step to export (default: latest)")
     args = p.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one summary line instead of a progress bar per file
     try:
         note = convert(args.input_dir, args.output_dir, args.iteration)
     except KeyError as exc:

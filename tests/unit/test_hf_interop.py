@@ -1,8 +1,10 @@
 """Hugging Face GPTNeoX interop: logits parity, exact round trips, both config.json styles,
-the convert tools, load_model, and clear errors for what GPTNeoX cannot express."""
+the convert tools (in-process for speed, and as subprocesses for the command line and its
+errors), load_model, and clear errors for what GPTNeoX cannot express."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,26 +16,36 @@ from safetensors.torch import load_file, save_file
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 import megatron_lite
-from megatron_lite.config import config_from_flat
+from megatron_lite.config import config_from_flat, dump_yaml, load_resolved
 from megatron_lite.config.derived import resolve
-from megatron_lite.model.hf_interop import UnsupportedForHF, check_exportable
+from megatron_lite.model.gpt import GPTModel
+from megatron_lite.model.hf_interop import UnsupportedForHF, check_exportable, model_keys_from_hf
+from megatron_lite.training.checkpoint_format import (
+    read_full_state_dict,
+    resolve_step_dir,
+    write_weights_checkpoint,
+)
 
 REPO = Path(__file__).resolve().parents[2]
+VOCAB = 300
 VARIANTS = [
     {"rotary_pct": 0.25, "parallel": True, "tied": False},
     {"rotary_pct": 1.0, "parallel": False, "tied": False},
     {"rotary_pct": 0.25, "parallel": False, "tied": True},
     {"rotary_pct": 1.0, "parallel": True, "tied": True},
+    {"rotary_pct": 0.5, "parallel": True, "tied": False, "hidden_act": "relu", "attention_bias": False},
 ]
 
 
-def hf_model(tmp: Path, rotary_pct: float, parallel: bool, tied: bool, vocab: int = 300) -> Path:
+def hf_model(tmp: Path, rotary_pct: float, parallel: bool, tied: bool, **extra) -> Path:
+    """A random-init GPTNeoXForCausalLM saved with save_pretrained (transformers 5 style)."""
     torch.manual_seed(0)
     cfg = GPTNeoXConfig(
-        vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=256, max_position_embeddings=64, use_parallel_residual=parallel,
         tie_word_embeddings=tied, hidden_dropout=0.0, attention_dropout=0.0,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": rotary_pct},
+        **extra,
     )
     model = GPTNeoXForCausalLM(cfg).eval()
     with torch.no_grad():  # non-trivial norms and biases
@@ -46,7 +58,32 @@ def hf_model(tmp: Path, rotary_pct: float, parallel: bool, tied: bool, vocab: in
 
 
 def tokens() -> torch.Tensor:
-    return torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(1))
+    return torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(1))
+
+
+def tool_main(name: str, *args) -> int:
+    """Run a tool's main() in this process (a subprocess costs seconds of imports)."""
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO / "tools" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main([str(a) for a in args])
+
+
+def tool(name: str, *args) -> subprocess.Popen:
+    """The tool as a subprocess, started (communicate() to wait): several run at once."""
+    return subprocess.Popen([sys.executable, str(REPO / "tools" / name), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={w}" for k, w in v.items()))
@@ -56,26 +93,48 @@ def test_hf_to_ours_logits_and_exact_round_trip(tmp_path, variant):
     ours, _ = megatron_lite.load_model(str(hf_dir))
     x = tokens()
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), ref(x).logits, rtol=1e-5, atol=1e-5)
-    # ours -> our checkpoint -> HF -> ours: bit-equal weights
+        expected = ref(x).logits
+        torch.testing.assert_close(ours(x), expected, rtol=1e-5, atol=1e-5)
+    # HF -> our checkpoint -> HF: bit-equal weights, identical logits.
     ckpt, back = tmp_path / "ckpt", tmp_path / "back"
-    assert tool("convert_from_hf.py", "--input_dir", hf_dir, "--output_dir", ckpt).returncode == 0
-    result = tool("convert_to_hf.py", "--input_dir", ckpt, "--output_dir", back)
-    assert result.returncode == 0, result.stderr
+    assert tool_main("convert_from_hf.py", "--input_dir", hf_dir, "--output_dir", ckpt) == 0
+    assert tool_main("convert_to_hf.py", "--input_dir", ckpt, "--output_dir", back) == 0
+    assert_same(load_file(hf_dir / "model.safetensors"), load_file(back / "model.safetensors"))
     again, _ = megatron_lite.load_model(str(back))
-    for (name, a), b in zip(ours.gpt.state_dict().items(), again.gpt.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert_same(ours.gpt.state_dict(), again.gpt.state_dict())
     reloaded = GPTNeoXForCausalLM.from_pretrained(back).eval()
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(x).logits, ref(x).logits, rtol=0, atol=0)
+        assert torch.equal(reloaded(x).logits, expected)
+    written = json.loads((back / "config.json").read_text())  # both rotary spellings
+    assert written["rotary_pct"] == written["rope_parameters"]["partial_rotary_factor"] == variant["rotary_pct"]
+    assert written["rotary_emb_base"] == 10000
 
 
-def tool(name: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+def test_ours_to_hf_to_ours_is_exact(tmp_path):
+    """From one of our random-init models (tp 2 on disk): export, import, bit-equal weights."""
+    cfg = resolve(config_from_flat({
+        "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "seq_length": 32,
+        "padded_vocab_size": 512, "make_vocab_size_divisible_by": 128, "pos_emb": "rotary",
+        "rotary_pct": 0.25, "gpt_j_residual": True, "no_weight_tying": True,
+        "tokenizer_type": "CharLevelTokenizer"}), 1)
+    full = GPTModel(cfg.model, seed=7).state_dict()
+    for key in ("embedding.word_embeddings.weight", "lm_head.embed_out.weight"):
+        full[key][VOCAB:] = 0  # padding rows are never a token's: export drops them
+    write_weights_checkpoint(full, str(tmp_path / "ours"), dump_yaml(cfg), 2, glu=False, vocab_size=VOCAB)
+    assert tool_main("convert_to_hf.py", "--input_dir", tmp_path / "ours", "--output_dir", tmp_path / "hf") == 0
+    assert tool_main("convert_from_hf.py", "--input_dir", tmp_path / "hf", "--output_dir", tmp_path / "back",
+                     "--model_parallel_size", 2) == 0
+    assert_same(read_full_state_dict(resolve_step_dir(str(tmp_path / "back")), glu=False), full)
+    ours, _ = megatron_lite.load_model(str(tmp_path / "ours"))
+    hf = GPTNeoXForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens()).logits, ours(tokens()), rtol=1e-5, atol=1e-5)
 
 
-def test_legacy_config_style_and_lm_head_name(tmp_path):
+@pytest.mark.parametrize("head", ["embed_out.weight", "lm_head.weight"])
+def test_legacy_config_style_bin_weights_and_head_names(tmp_path, head):
+    """Older config.json (rotary_pct / rotary_emb_base at top level) with pytorch_model.bin,
+    and the head under either name."""
     hf_dir = hf_model(tmp_path, rotary_pct=0.5, parallel=True, tied=False)
     ref = GPTNeoXForCausalLM.from_pretrained(hf_dir).eval()
     legacy = tmp_path / "legacy"
@@ -85,55 +144,127 @@ def test_legacy_config_style_and_lm_head_name(tmp_path):
     config.update(rotary_pct=rope["partial_rotary_factor"], rotary_emb_base=int(rope["rope_theta"]))
     (legacy / "config.json").write_text(json.dumps(config))
     weights = load_file(hf_dir / "model.safetensors")
-    weights["lm_head.weight"] = weights.pop("embed_out.weight")  # the in-memory name
-    save_file(weights, legacy / "model.safetensors")
+    weights[head] = weights.pop("embed_out.weight")
+    torch.save(weights, legacy / "pytorch_model.bin")
     ours, _ = megatron_lite.load_model(str(legacy))
     assert ours.gpt.cfg.rotary_pct == 0.5
     with torch.no_grad():
         torch.testing.assert_close(ours(tokens()), ref(tokens()).logits, rtol=1e-5, atol=1e-5)
+    assert model_keys_from_hf(config)["rotary_emb_base"] == 10000
 
 
-def test_convert_from_hf_tp2_writes_ready_config_and_same_logits(tmp_path):
+def add_tokenizer(hf_dir: Path):
     from tokenizers import ByteLevelBPETokenizer
 
-    hf_dir = hf_model(tmp_path, rotary_pct=0.25, parallel=True, tied=False)
     tok = ByteLevelBPETokenizer()
     tok.train_from_iterator(["hello world tokens"] * 50, vocab_size=280,
                             special_tokens=["<|endoftext|>", "<|padding|>"])
     tok.save(str(hf_dir / "tokenizer.json"))
+    return tok
+
+
+def test_convert_tools_as_subprocesses_tp2_with_tokenizer(tmp_path):
+    hf_dir = hf_model(tmp_path, rotary_pct=0.25, parallel=True, tied=False)
+    tok = add_tokenizer(hf_dir)
     ckpt = tmp_path / "ckpt"
-    result = tool("convert_from_hf.py", "--input_dir", hf_dir, "--output_dir", ckpt, "--model_parallel_size", "2")
-    assert result.returncode == 0, result.stderr
+    code, out, err = finish(tool("convert_from_hf.py", "--input_dir", hf_dir, "--output_dir", ckpt,
+                                 "--model_parallel_size", "2"))
+    assert code == 0, err
     assert sorted(p.name for p in (ckpt / "global_step0").glob("mp_rank_*")) == [
         "mp_rank_00_model_states.pt", "mp_rank_01_model_states.pt"]
-    printed = subprocess.run([sys.executable, "-m", "megatron_lite.config", str(ckpt / "config.yml"),
-                              "--world_size", "2"], capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert printed.returncode == 0, printed.stderr
-    assert f"load: {ckpt}" in printed.stdout and "tokenizer_type: HFTokenizer" in printed.stdout
+    cfg = load_resolved(str(ckpt / "config.yml"), 2)  # the ready config resolves as written
+    assert cfg.checkpoint.load == str(ckpt) and cfg.tokenizer.tokenizer_type == "HFTokenizer"
+    assert cfg.tokenizer.vocab_file == str(ckpt / "tokenizer.json") and cfg.parallel.model_parallel_size == 2
+    assert cfg.model.padded_vocab_size == 512 and cfg.model.gpt_j_residual and cfg.model.rotary_pct == 0.25
     ours, tokenizer = megatron_lite.load_model(str(ckpt))
     assert tokenizer is not None and tokenizer.vocab_size == tok.get_vocab_size()
     ref = GPTNeoXForCausalLM.from_pretrained(hf_dir).eval()
     with torch.no_grad():
         torch.testing.assert_close(ours(tokens()), ref(tokens()).logits, rtol=1e-5, atol=1e-5)
     back = tmp_path / "back"
-    assert tool("convert_to_hf.py", "--input_dir", ckpt, "--output_dir", back).returncode == 0
+    code, out, err = finish(tool("convert_to_hf.py", "--input_dir", ckpt, "--output_dir", back))
+    assert code == 0 and "tokenizer.json" in out, err
+    assert not (tmp_path / "back.tmp").exists()
     from transformers import AutoTokenizer
 
     hf_tok = AutoTokenizer.from_pretrained(back)
     assert hf_tok("hello world").input_ids == tokenizer.tokenize("hello world")
+    assert hf_tok.eos_token == "<|endoftext|>" and hf_tok.pad_token == "<|padding|>"
+    assert json.loads((back / "config.json").read_text())["eos_token_id"] == tokenizer.eod
 
 
-@pytest.mark.parametrize("option", [{"pos_emb": "alibi"}, {"norm": "rmsnorm"}, {"activation": "swiglu"},
-                                    {"num_kv_heads": 2}, {"use_bias_in_mlp": False}])
-def test_unexportable_options_are_clear_errors(option):
+def test_model_vocab_larger_than_tokenizer_pads_from_the_tokenizer(tmp_path):
+    """GPT-NeoX-20B-like: the embedding has rows past the tokenizer's (and past its 128-padding)."""
+    from megatron_lite.model.hf_interop import read_hf_dir
+
+    hf_dir = hf_model(tmp_path, rotary_pct=0.25, parallel=True, tied=True)
+    add_tokenizer(hf_dir)  # 280 tokens -> 384 rows at divisor 128, but the model has 300... fits
+    config = json.loads((hf_dir / "config.json").read_text())
+    config["vocab_size"] = 400  # > 384: needs divisor 256 (512 rows)
+    (hf_dir / "config.json").write_text(json.dumps(config))
+    _, weights = read_hf_dir(str(hf_dir))
+    weights["gpt_neox.embed_in.weight"] = torch.cat([weights["gpt_neox.embed_in.weight"], torch.randn(100, 64)])
+    save_file(weights, hf_dir / "model.safetensors")
+    assert tool_main("convert_from_hf.py", "--input_dir", hf_dir, "--output_dir", tmp_path / "ckpt") == 0
+    cfg = load_resolved(str(tmp_path / "ckpt" / "config.yml"), 1)
+    assert cfg.model.padded_vocab_size == 512
+    ours, _ = megatron_lite.load_model(str(tmp_path / "ckpt"))
+    with torch.no_grad():
+        assert ours(tokens()).shape == (2, 24, 400)
+
+
+@pytest.mark.parametrize("option, named", [
+    ({"pos_emb": "alibi"}, "pos_emb: alibi"), ({"pos_emb": "learned"}, "pos_emb: learned"),
+    ({"pos_emb": "sinusoidal"}, "pos_emb: sinusoidal"), ({"pos_emb": "none"}, "pos_emb: none"),
+    ({"norm": "rmsnorm"}, "norm: rmsnorm"), ({"activation": "swiglu"}, "activation: swiglu"),
+    ({"activation": "geglu"}, "activation: geglu"), ({"num_kv_heads": 2}, "num_kv_heads: 2"),
+    ({"use_bias_in_mlp": False}, "use_bias_in_mlp"), ({"use_bias_in_norms": False}, "use_bias_in_norms"),
+])
+def test_unexportable_options_are_clear_errors(option, named):
     cfg = resolve(config_from_flat({"num_layers": 1, "hidden_size": 32, "num_attention_heads": 4,
                                     "seq_length": 8, "padded_vocab_size": 64, "pos_emb": "rotary",
                                     "make_vocab_size_divisible_by": 64, **option}), 1)
-    with pytest.raises(UnsupportedForHF, match="cannot express"):
+    with pytest.raises(UnsupportedForHF, match=f"cannot express: .*{named}"):
         check_exportable(cfg.model)
 
 
-def test_tool_errors_exit_nonzero(tmp_path):
-    for name in ("convert_to_hf.py", "convert_from_hf.py"):
-        result = tool(name, "--input_dir", tmp_path / "absent", "--output_dir", tmp_path / "out")
-        assert result.returncode == 1 and "error:" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize("change, named", [
+    ({"model_type": "llama"}, "model_type 'llama'"), ({"hidden_act": "gelu_new"}, "hidden_act 'gelu_new'"),
+    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}, "rope_type 'linear'"),
+])
+def test_unconvertible_hf_configs_are_clear_errors(change, named):
+    config = {"model_type": "gpt_neox", "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 4,
+              "intermediate_size": 128, "max_position_embeddings": 16, **change}
+    with pytest.raises(UnsupportedForHF, match=named):
+        model_keys_from_hf(config)
+
+
+def test_tool_command_lines_help_and_errors(tmp_path):
+    """--help, a missing directory, an unsupported architecture: one line on stderr, exit 1."""
+    swiglu = resolve(config_from_flat({"num_layers": 1, "hidden_size": 32, "num_attention_heads": 4,
+                                       "seq_length": 8, "padded_vocab_size": 512, "activation": "swiglu",
+                                       "pos_emb": "rotary", "tokenizer_type": "CharLevelTokenizer"}), 1)
+    write_weights_checkpoint(GPTModel(swiglu.model).state_dict(), str(tmp_path / "swiglu"),
+                             dump_yaml(swiglu), 1, glu=True)
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 8}))
+    save_file({"x": torch.zeros(1)}, llama / "model.safetensors")
+    runs = {
+        "to-help": tool("convert_to_hf.py", "--help"),
+        "from-help": tool("convert_from_hf.py", "--help"),
+        "to-missing": tool("convert_to_hf.py", "--input_dir", tmp_path / "absent", "--output_dir", tmp_path / "o1"),
+        "from-missing": tool("convert_from_hf.py", "--input_dir", tmp_path / "absent", "--output_dir", tmp_path / "o2"),
+        "to-swiglu": tool("convert_to_hf.py", "--input_dir", tmp_path / "swiglu", "--output_dir", tmp_path / "o3"),
+        "from-llama": tool("convert_from_hf.py", "--input_dir", llama, "--output_dir", tmp_path / "o4"),
+    }
+    results = {name: finish(proc) for name, proc in runs.items()}
+    for name in ("to-help", "from-help"):
+        assert results[name][0] == 0 and "--input_dir" in results[name][1] and "--output_dir" in results[name][1]
+    expected = {"to-missing": "absent", "from-missing": "absent", "to-swiglu": "activation: swiglu",
+                "from-llama": "model_type 'llama'"}
+    for name, text in expected.items():
+        code, _, err = results[name]
+        assert code == 1 and "error:" in err and text in err, (name, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (name, err)
+    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3", "o3.tmp", "o4")), "nothing written on error"
