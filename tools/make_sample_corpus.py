@@ -32,35 +32,50 @@ def stdlib_modules(root: str) -> list[tuple[str, str]]:
     return found
 
 
-def main(argv: list[str] | None = None) -> int:
+def write_corpus(output: str, modules: list[tuple[str, str]], max_docs: int | None,
+                 min_chars: int) -> tuple[int, int]:
+    """Write ``output`` (.jsonl.zst) via a temporary file; returns (documents, characters)."""
     import zstandard
 
+    tmp, docs, chars = output + ".tmp", 0, 0
+    try:
+        with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=10).stream_writer(raw) as out:
+            for module, path in modules:
+                if max_docs is not None and docs >= max_docs:
+                    break
+                try:
+                    with open(path, encoding="utf-8") as handle:
+                        text = handle.read()
+                except (UnicodeDecodeError, OSError):
+                    continue  # a few stdlib files are latin-1 test data: not source text
+                if len(text) < min_chars:
+                    continue
+                out.write((json.dumps({"text": text, "meta": {"module": module}}) + "\n").encode())
+                docs, chars = docs + 1, chars + len(text)
+        if docs:
+            os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return docs, chars
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", required=True, help="a .jsonl.zst path")
-    p.add_argument("--max-docs", type=int, default=None)
+    p.add_argument("--max-docs", type=int, default=None, help="stop after this many modules")
     p.add_argument("--min-chars", type=int, default=200, help="skip tiny modules")
     args = p.parse_args(argv)
     root = sysconfig.get_paths()["stdlib"]
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp, docs, chars = args.output + ".tmp", 0, 0
-    with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=10).stream_writer(raw) as out:
-        for module, path in stdlib_modules(root):
-            if args.max_docs is not None and docs >= args.max_docs:
-                break
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    text = handle.read()
-            except (UnicodeDecodeError, OSError):
-                continue
-            if len(text) < args.min_chars:
-                continue
-            out.write((json.dumps({"text": text, "meta": {"module": module}}) + "\n").encode())
-            docs, chars = docs + 1, chars + len(text)
+    try:
+        docs, chars = write_corpus(args.output, stdlib_modules(root), args.max_docs, args.min_chars)
+    except OSError as exc:
+        print(f"make_sample_corpus.py: error: {exc}", file=sys.stderr)
+        return 1
     if docs == 0:
-        os.remove(tmp)
         print(f"make_sample_corpus.py: error: no modules found under {root}", file=sys.stderr)
         return 1
-    os.replace(tmp, args.output)
     print(f"wrote {args.output}: {docs} documents, {chars / 1e6:.1f} M characters from {root}")
     return 0
 

@@ -4,24 +4,31 @@
     python tools/preprocess_data.py --input data/corpus.jsonl.zst --output-prefix data/corpus \\
         --tokenizer-type HFTokenizer --vocab-file data/tokenizer.json --append-eod --workers 2
 
-Writes ``{output_prefix}_{key}_document.bin/.idx`` per ``--jsonl-keys`` key, byte-compatible
-with GPT-NeoX and Megatron-LM. A .jsonl line is one document (the text under each key); a .txt
-file is one document, or one per blank-line-separated block with ``--txt-blocks``. Bad lines
-(not JSON, missing key, not UTF-8) are skipped, counted and reported with file:line
-(``--strict``: the first one is fatal); empty documents are skipped and counted. A missing or
-truncated input, or no documents at all, is an error: nothing is written (outputs appear only
-when complete).
+Writes {output_prefix}_{key}_document.bin/.idx for each --jsonl-keys key, byte-compatible with
+GPT-NeoX and Megatron-LM (uint16 tokens when the vocabulary is under 65500, else int32).
+
+Inputs: a .jsonl line is one document (the string under each key). A .txt file is one
+document (its whole text); with --txt-blocks each block of lines separated by blank lines is
+one document. .zst and .gz are decompressed on the fly.
+
+Bad input: a line that is not UTF-8, not JSON, or lacks a key is skipped, counted and reported
+as file:line (--strict: the first one is fatal); empty documents are skipped and counted. A
+missing, truncated or corrupt input file, or no documents at all, is an error (exit 1): outputs
+are written under temporary names and appear only when complete, so an error leaves nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import logging
 import multiprocessing
 import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -33,10 +40,18 @@ from megatron_lite.data.indexed_dataset import (  # noqa: E402
     data_file_path,
     index_file_path,
 )
-from megatron_lite.data.readers import InputError, ReadStats, expand_inputs, iter_documents  # noqa: E402
+from megatron_lite.data.readers import (  # noqa: E402
+    Document,
+    InputError,
+    ReadStats,
+    expand_inputs,
+    iter_documents,
+)
 from megatron_lite.tokenizer import TOKENIZER_TYPES, build_tokenizer_from  # noqa: E402
+from megatron_lite.utils.logging import get_logger, setup_logging  # noqa: E402
 
-_WORKER: dict = {}
+logger = get_logger("megatron_lite.tools.preprocess_data")
+_WORKER: dict[str, Any] = {}
 # fork starts workers in milliseconds; the parent has not run the tokenizer yet, so the
 # tokenizers library's fork warning does not apply. Other platforms use spawn.
 _START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
@@ -45,11 +60,12 @@ _START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--input", required=True, help="comma-separated files or globs (.jsonl, .jsonl.zst, .jsonl.gz, .txt)")
+    p.add_argument("--input", required=True,
+                   help="comma-separated files or globs (.jsonl, .jsonl.zst, .jsonl.gz, .txt)")
     p.add_argument("--jsonl-keys", nargs="+", default=["text"], help="JSON keys to tokenize; one output per key")
     p.add_argument("--num-docs", type=int, default=None, help="stop after this many documents")
-    p.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
-    p.add_argument("--vocab-file", default=None, help="tokenizers JSON or GPT-2 vocab.json")
+    p.add_argument("--tokenizer-type", required=True, type=_tokenizer_type, metavar="{" + ",".join(TOKENIZER_TYPES) + "}")
+    p.add_argument("--vocab-file", default=None, help="tokenizers JSON (HFTokenizer) or GPT-2 vocab.json")
     p.add_argument("--merge-file", default=None, help="GPT-2 merges.txt")
     p.add_argument("--append-eod", action="store_true", help="end every document with the eod token")
     p.add_argument("--ftfy", action="store_true", help="fix mojibake with ftfy before tokenizing")
@@ -59,150 +75,204 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256, help="documents per worker task")
     p.add_argument("--log-interval", type=int, default=10000, help="documents between progress updates")
     p.add_argument("--strict", action="store_true", help="the first bad line is an error")
-    p.add_argument("--txt-blocks", action="store_true", help=".txt: one document per blank-line block")
-    return p.parse_args(argv)
+    p.add_argument("--txt-blocks", action="store_true",
+                   help=".txt inputs: one document per blank-line-separated block (default: per file)")
+    args = p.parse_args(argv)
+    if args.workers < 1 or args.batch_size < 1 or args.log_interval < 1:
+        p.error("--workers, --batch-size and --log-interval must be at least 1")
+    return args
+
+
+def _tokenizer_type(value: str) -> str:
+    from megatron_lite.tokenizer import canonical_type
+
+    try:
+        return canonical_type(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _init_worker(tokenizer_type: str, vocab_file: str | None, merge_file: str | None,
                  append_eod: bool, use_ftfy: bool, threads: bool = True) -> None:
+    """Build the tokenizer once per process (and once in the parent for --workers 1)."""
     if not threads:
         # Worker processes already use every core: the tokenizers library's own thread pool
         # would only oversubscribe them (measured: 2 single-threaded processes encode ~1.4x
         # faster than 2 processes of 2 threads each on 2 cores).
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER["tok"] = build_tokenizer_from(tokenizer_type, vocab_file, merge_file)
-    _WORKER["dtype"] = best_dtype(_WORKER["tok"].vocab_size)
-    _WORKER["eod"] = append_eod
-    _WORKER["ftfy"] = use_ftfy
-
-
-def _encode(batch: list[str]) -> list[np.ndarray]:
-    """One task: a batch of texts -> token arrays (ftfy, batch encode, eod).
-
-    Arrays, not lists: they cross the process boundary as raw bytes instead of pickled ints.
-    """
-    tok = _WORKER["tok"]
-    if _WORKER["ftfy"]:
+    tok = build_tokenizer_from(tokenizer_type, vocab_file, merge_file)
+    _WORKER.update(tok=tok, dtype=best_dtype(tok.vocab_size), eod=append_eod, fix=None)
+    if use_ftfy:
         import ftfy
 
-        batch = [ftfy.fix_text(text) for text in batch]
+        _WORKER["fix"] = ftfy.fix_text
+
+
+def _encode(batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """One task: texts -> (all their ids back to back, the number of ids of each text).
+
+    Two arrays, not a list of lists: they cross the process boundary as raw bytes and the
+    parent writes them with one call.
+    """
+    tok = _WORKER["tok"]
+    if _WORKER["fix"] is not None:
+        batch = [_WORKER["fix"](text) for text in batch]
     ids = tok.tokenize_batch(batch)
     if _WORKER["eod"]:
         for doc in ids:
             doc.append(tok.eod)
-    return [np.asarray(doc, dtype=_WORKER["dtype"]) for doc in ids]
+    lengths = np.fromiter((len(doc) for doc in ids), dtype=np.int64, count=len(ids))  # [docs]
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=_WORKER["dtype"],
+                       count=int(lengths.sum()))  # [tokens]
+    return flat, lengths
 
 
-def _batches(docs: Iterator[dict[str, str]], keys: list[str], size: int,
-             limit: int | None, max_chars: int = 1 << 18) -> Iterator[list[str]]:
+def _batches(docs: Iterator[Document], keys: list[str], size: int, limit: int | None,
+             max_chars: int = 1 << 18) -> Iterator[list[str]]:
     """Texts of up to ``size`` documents (and about ``max_chars`` characters, so that a few
     long documents do not leave one worker busy while the others wait) per task, key-major
     ([k0 of every doc, k1 of every doc, ...]); stops after ``limit`` documents."""
-    batch: list[dict[str, str]] = []
+    batch: list[Document] = []
     chars = 0
-    for n, doc in enumerate(docs):
-        if limit is not None and n >= limit:
-            break
+    for doc in itertools.islice(docs, limit):
         batch.append(doc)
-        chars += sum(len(doc[k]) for k in keys)
+        chars += sum(len(doc.texts[k]) for k in keys)
         if len(batch) == size or chars >= max_chars:
-            yield [doc[k] for k in keys for doc in batch]
+            yield [doc.texts[k] for k in keys for doc in batch]
             batch, chars = [], 0
     if batch:
-        yield [doc[k] for k in keys for doc in batch]
+        yield [doc.texts[k] for k in keys for doc in batch]
 
 
-def _ordered_map(pool, fn, items, window: int):
-    """Like ``pool.imap`` but with at most ``window`` tasks in flight: memory stays flat
-    (``imap`` reads its whole input ahead)."""
+def _ordered_map(pool: Any, fn: Callable, items: Iterable, window: int) -> Iterator[Any]:
+    """Like ``pool.imap`` (results in input order) but with at most ``window`` tasks in flight:
+    memory stays flat (``imap`` reads its whole input ahead of the workers)."""
     pending: deque = deque()
     for item in items:
-        pending.append((item, pool.apply_async(fn, (item,))))
+        pending.append(pool.apply_async(fn, (item,)))
         if len(pending) >= window:
-            first, result = pending.popleft()
-            yield first, result.get()
+            yield pending.popleft().get()
     while pending:
-        first, result = pending.popleft()
-        yield first, result.get()
+        yield pending.popleft().get()
 
 
-def run(args: argparse.Namespace) -> dict:
+class _Progress:
+    """tqdm bar on a terminal; otherwise a log line every ``--log-interval`` documents."""
+
+    def __init__(self, interval: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc="preprocess", unit="doc", mininterval=1.0, disable=None, dynamic_ncols=True)
+        self.interval, self.next_log = interval, interval
+        self.start = time.perf_counter()
+
+    def update(self, docs: int, total_docs: int, stats: ReadStats, tokens: int) -> None:
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        mbps, tps = stats.bytes / 1e6 / seconds, tokens / seconds
+        if not self.bar.disable:
+            self.bar.update(docs)
+            self.bar.set_postfix(MBps=f"{mbps:.2f}", tokps=f"{tps:.0f}", refresh=False)
+        elif total_docs >= self.next_log:
+            self.next_log = (total_docs // self.interval + 1) * self.interval
+            logger.info("%d documents (%.0f docs/s, %.2f MB/s, %.0f tokens/s)", total_docs,
+                        total_docs / seconds, mbps, tps)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Preprocess as ``args`` says; returns the summary. Raises ``InputError`` (and the
+    tokenizer's ``ValueError``/``FileNotFoundError``) for unusable input; nothing is left then."""
     paths = expand_inputs(args.input)
-    tok = build_tokenizer_from(args.tokenizer_type, args.vocab_file, args.merge_file)
-    dtype = best_dtype(tok.vocab_size)
+    init = (args.tokenizer_type, args.vocab_file, args.merge_file, args.append_eod, args.ftfy)
+    # In this process first, whatever --workers: a bad tokenizer file or a missing ftfy is an
+    # error here (a Pool whose initializer fails restarts its workers forever instead).
+    _init_worker(*init)
+    dtype = _WORKER["dtype"]
     outputs = {k: f"{args.output_prefix}_{k}_document" for k in args.jsonl_keys}
     os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
-    builders = {k: MMapIndexedDatasetBuilder(data_file_path(p), dtype) for k, p in outputs.items()}
-    stats, tokens, written = ReadStats(), 0, 0
-    init = (args.tokenizer_type, args.vocab_file, args.merge_file, args.append_eod, args.ftfy)
+    builders: dict[str, MMapIndexedDatasetBuilder] = {}
     pool = None
-    if args.workers > 1:
-        pool = multiprocessing.get_context(_START_METHOD).Pool(args.workers, _init_worker, (*init, False))
-    else:
-        _init_worker(*init)
-    bar = _progress(args)
+    stats = ReadStats()
     start = time.perf_counter()
     try:
+        for key, prefix in outputs.items():
+            builders[key] = MMapIndexedDatasetBuilder(data_file_path(prefix), dtype)
+        if args.workers > 1:
+            pool = multiprocessing.get_context(_START_METHOD).Pool(args.workers, _init_worker, (*init, False))
         docs = iter_documents(paths, args.jsonl_keys, stats, args.strict, args.txt_blocks)
-        jobs = _batches(docs, args.jsonl_keys, args.batch_size, args.num_docs)
-        encoded = (_ordered_map(pool, _encode, jobs, 4 * args.workers)
-                   if pool else ((texts, _encode(texts)) for texts in jobs))
-        for texts, ids in encoded:
-            n = len(texts) // len(args.jsonl_keys)
-            written += n
-            for j, key in enumerate(args.jsonl_keys):
-                for doc_ids in ids[j * n:(j + 1) * n]:
-                    builders[key].add_item(doc_ids)
-                    builders[key].end_document()
-                    tokens += len(doc_ids)
-            _update(bar, n, stats, tokens, start)
+        written, tokens = _consume(args, pool, docs, builders, stats)
         if written == 0:
             raise InputError(f"no documents found in {', '.join(paths)} "
-                             f"(skipped: {dict(stats.skipped) or 'none'})")
-        for key, builder in builders.items():
-            builder.finalize(index_file_path(outputs[key]))
+                             f"(skipped: {_skipped(stats)})")
+        for key, builder in builders.items():  # all outputs complete before any appears
+            builder.prepare(index_file_path(outputs[key]))
+        for builder in builders.values():
+            builder.commit()
     except BaseException:
         for builder in builders.values():
             builder.abort()
         raise
     finally:
-        bar.close()
         if pool is not None:
             pool.terminate()
-    seconds = time.perf_counter() - start
-    return {"documents": written, "tokens": tokens,
-            "megabytes": stats.bytes / 1e6, "seconds": seconds, "skipped": dict(stats.skipped),
-            "outputs": list(outputs.values()), "dtype": dtype.__name__}
+            pool.join()
+    return {"documents": written, "tokens": tokens, "megabytes": stats.bytes / 1e6,
+            "seconds": time.perf_counter() - start, "skipped": dict(stats.skipped),
+            "outputs": list(outputs.values()), "dtype": np.dtype(dtype).name}
 
 
-def _progress(args):
-    from tqdm import tqdm
+def _consume(args: argparse.Namespace, pool: Any, docs: Iterator[Document],
+             builders: dict[str, MMapIndexedDatasetBuilder], stats: ReadStats) -> tuple[int, int]:
+    """Tokenize every document (in the pool, or here) and append it to each key's output."""
+    keys = args.jsonl_keys
+    jobs = _batches(docs, keys, args.batch_size, args.num_docs)
+    # A few tasks per worker in flight keeps them busy while bounding memory.
+    encoded = _ordered_map(pool, _encode, jobs, 4 * args.workers) if pool else map(_encode, jobs)
+    progress = _Progress(args.log_interval)
+    written = tokens = 0
+    try:
+        for flat, lengths in encoded:
+            n = len(lengths) // len(keys)
+            bounds = np.concatenate([[0], np.cumsum(lengths)])  # [n * keys + 1] token offsets
+            for j, key in enumerate(keys):  # key-major: texts j*n .. (j+1)*n are key j
+                builders[key].add_documents(flat[bounds[j * n] : bounds[(j + 1) * n]],
+                                            lengths[j * n : (j + 1) * n])
+            written += n
+            tokens += int(lengths.sum())
+            progress.update(n, written, stats, tokens)
+    finally:
+        progress.close()
+    return written, tokens
 
-    return tqdm(desc="preprocess", unit="doc", mininterval=2.0, miniters=args.log_interval,
-                disable=None, dynamic_ncols=True)
+
+def _skipped(stats: ReadStats) -> str:
+    return ", ".join(f"{reason}: {count}" for reason, count in sorted(stats.skipped.items())) or "nothing"
 
 
-def _update(bar, n: int, stats: ReadStats, tokens: int, start: float) -> None:
-    seconds = max(time.perf_counter() - start, 1e-9)
-    bar.update(n)
-    bar.set_postfix(MBps=f"{stats.bytes / 1e6 / seconds:.2f}", tokps=f"{tokens / seconds:.0f}", refresh=False)
+def _print_summary(s: dict[str, Any]) -> None:
+    seconds = max(s["seconds"], 1e-9)
+    print(f"documents: {s['documents']}  tokens: {s['tokens']}  input: {s['megabytes']:.2f} MB  "
+          f"time: {s['seconds']:.1f} s  ({s['documents'] / seconds:.0f} docs/s, "
+          f"{s['megabytes'] / seconds:.2f} MB/s, {s['tokens'] / seconds:.0f} tokens/s)")
+    print(f"skipped: {', '.join(f'{k}: {v}' for k, v in sorted(s['skipped'].items())) or 'nothing'}")
+    for out in s["outputs"]:
+        print(f"wrote {out}.bin / {out}.idx ({s['dtype']})")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging(logging.INFO)
     try:
         summary = run(args)
-    except (InputError, FileNotFoundError, ValueError) as exc:
+    except KeyboardInterrupt:
+        print("preprocess_data.py: interrupted; no output written", file=sys.stderr)
+        return 130
+    except (InputError, ValueError, OSError, ImportError) as exc:  # OSError: FileNotFoundError too
         print(f"preprocess_data.py: error: {exc}", file=sys.stderr)
         return 1
-    s = summary
-    print(f"documents: {s['documents']}  tokens: {s['tokens']}  input: {s['megabytes']:.2f} MB  "
-          f"time: {s['seconds']:.1f} s  ({s['documents'] / max(s['seconds'], 1e-9):.0f} docs/s, "
-          f"{s['megabytes'] / max(s['seconds'], 1e-9):.2f} MB/s, "
-          f"{s['tokens'] / max(s['seconds'], 1e-9):.0f} tokens/s)")
-    print(f"skipped: {s['skipped'] or 'nothing'}")
-    for out in s["outputs"]:
-        print(f"wrote {out}.bin / {out}.idx ({s['dtype']})")
+    _print_summary(summary)
     return 0
 
 

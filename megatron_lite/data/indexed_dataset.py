@@ -260,6 +260,7 @@ class MMapIndexedDatasetBuilder:
         self.doc_idx = _SpillArray(np.int64, bin_path + ".docs.tmp", spill_limit)
         self.doc_idx.append(0)
         self._finalized = False
+        self._idx_path = self._tmp_idx = ""
 
     def add_item(self, tokens: Any) -> None:
         """Append one sequence (a 1-D numpy array, torch tensor or list of ids)."""
@@ -273,6 +274,20 @@ class MMapIndexedDatasetBuilder:
             array_ = array_.astype(self.dtype)
         self._file.write(array_.tobytes(order="C"))
         self.sizes.append(array_.size)
+
+    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Append many one-sequence documents at once: ``tokens`` is their ids back to back,
+        ``lengths[i]`` the size of document i (the fast path of preprocess_data.py)."""
+        tokens, lengths = np.asarray(tokens), np.asarray(lengths, dtype=np.int64)
+        if int(lengths.sum()) != tokens.size:
+            raise ValueError(f"add_documents: lengths sum to {int(lengths.sum())}, not {tokens.size} tokens")
+        if tokens.dtype != self.dtype:
+            self._check_range(tokens)
+            tokens = tokens.astype(self.dtype)
+        self._file.write(tokens.tobytes(order="C"))
+        first = len(self.sizes)
+        self.sizes.extend(lengths.astype(np.int32))
+        self.doc_idx.extend(first + np.arange(1, len(lengths) + 1, dtype=np.int64))  # [docs]
 
     def _check_range(self, values: np.ndarray) -> None:
         # A cast would wrap silently (70000 -> 4464 in uint16): corrupt data, no error anywhere.
@@ -302,25 +317,39 @@ class MMapIndexedDatasetBuilder:
 
     def finalize(self, idx_path: str) -> None:
         """Write the index, then rename both files into place (``.bin`` first, ``.idx`` last)."""
+        self.prepare(idx_path)
+        self.commit()
+
+    def prepare(self, idx_path: str) -> None:
+        """First half of ``finalize``: everything written, still under temporary names.
+
+        Several outputs that must appear together (one per ``--jsonl-keys`` key) are all
+        prepared before any is committed, so an error (disk full) leaves none of them.
+        """
         self._file.close()
-        tmp_idx = idx_path + ".tmp"
+        self._idx_path, self._tmp_idx = idx_path, idx_path + ".tmp"
         try:
             if self.doc_idx.last != len(self.sizes):
                 logger.warning("%s: sequences after the last end_document(); closing that document",
                                self.bin_path)
                 self.end_document()
-            with open(tmp_idx, "wb") as handle:
+            with open(self._tmp_idx, "wb") as handle:
                 self._write_index(handle)
-            os.replace(self._tmp_bin, self.bin_path)
-            os.replace(tmp_idx, idx_path)
         except BaseException:
             self.abort()
-            if os.path.exists(tmp_idx):
-                os.remove(tmp_idx)
+            raise
+
+    def commit(self) -> None:
+        """Second half of ``finalize``: rename the prepared files into place."""
+        try:
+            os.replace(self._tmp_bin, self.bin_path)
+            os.replace(self._tmp_idx, self._idx_path)
+        except BaseException:
+            self.abort()
             raise
         self._finalized = True
         self._remove_spills()
-        logger.info("wrote %s (%d sequences, %d documents, %s)", idx_path, len(self.sizes),
+        logger.info("wrote %s (%d sequences, %d documents, %s)", self._idx_path, len(self.sizes),
                     len(self.doc_idx) - 1, self.dtype.name)
 
     def _write_index(self, handle) -> None:
@@ -350,8 +379,9 @@ class MMapIndexedDatasetBuilder:
     def abort(self) -> None:
         """Remove the temporary files (after an error): nothing half-written stays behind."""
         self._file.close()
-        if os.path.exists(self._tmp_bin):
-            os.remove(self._tmp_bin)
+        for path in (self._tmp_bin, self._tmp_idx):
+            if path and os.path.exists(path):
+                os.remove(path)
         self._remove_spills()
 
     def __enter__(self) -> MMapIndexedDatasetBuilder:

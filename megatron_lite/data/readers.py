@@ -1,10 +1,19 @@
 """Streaming document readers: .jsonl, .jsonl.zst, .jsonl.gz and plain .txt.
 
-Documents are read one line (or one file / blank-line block) at a time, so memory stays flat
-whatever the corpus size. A bad line (not JSON, missing key, not UTF-8) is counted and reported
-with its file and line number; with ``strict`` the first one is fatal. A truncated .zst or .gz
-is always an error: python-zstandard returns what it could decode of a cut file without
-complaint, so frame ends are checked here.
+Documents come one at a time with the file and line they started on, so memory stays flat
+whatever the corpus size.
+
+- ``.jsonl`` (also ``.json``, each optionally ``.zst`` / ``.gz``): one JSON object per line; the
+  document is the string under each requested key. Blank lines are ignored.
+- ``.txt`` (optionally ``.zst`` / ``.gz``): the whole file is one document, or with
+  ``txt_blocks`` each block of lines separated by blank lines is one.
+
+A line that is not valid UTF-8, not valid JSON, or lacks a key (or holds a non-string there) is
+skipped, counted by reason and reported as ``file:line``; with ``strict`` the first one raises
+:class:`InputError`. Empty (whitespace-only) documents are skipped and counted. A missing file,
+an unknown extension, or a truncated / corrupt ``.zst`` or ``.gz`` raises :class:`InputError`:
+python-zstandard returns whatever it could decode of a cut file without complaint, so frame
+ends are checked here.
 """
 
 from __future__ import annotations
@@ -13,49 +22,85 @@ import glob
 import gzip
 import json
 import os
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
 _MAX_WARNINGS = 20  # per run; the summary carries the totals
+JSONL_SUFFIXES = (".jsonl", ".json")
+TXT_SUFFIXES = (".txt",)
+COMPRESSION_SUFFIXES = ("", ".zst", ".gz")
+
+# Reasons a line or document is skipped (the keys of ReadStats.skipped).
+NOT_UTF8 = "not valid UTF-8"
+NOT_JSON = "not valid JSON"
+MISSING_KEY = "missing key"
+EMPTY = "empty document"
 
 
 class InputError(ValueError):
-    """Unusable input (missing or truncated file, a bad line under --strict)."""
+    """Unusable input (missing, truncated or corrupt file, a bad line under ``strict``)."""
+
+
+class Document(NamedTuple):
+    """One document: its text per key, the file it came from and the line it starts on."""
+
+    texts: dict[str, str]
+    path: str
+    line: int
 
 
 @dataclass
 class ReadStats:
-    """What the readers saw: documents, bytes, and skipped lines by reason."""
+    """What the readers saw: documents, input bytes (decompressed), skipped lines by reason."""
 
     documents: int = 0
     bytes: int = 0
     skipped: Counter = field(default_factory=Counter)
     warned: int = 0
 
-    def skip(self, reason: str, where: str, strict: bool) -> None:
-        if strict:
-            raise InputError(f"{where}: {reason} (--strict makes this fatal)")
+    def skip(self, reason: str, where: str, strict: bool, detail: str = "") -> None:
+        """Count a skipped line (``where`` = ``file:line``), warn for the first few; fatal if strict."""
+        message = f"{where}: {reason}{detail}"
+        if strict and reason != EMPTY:
+            raise InputError(f"{message} (--strict makes a bad line fatal)")
         self.skipped[reason] += 1
         if self.warned < _MAX_WARNINGS:
-            logger.warning("%s: %s; skipped", where, reason)
+            logger.warning("%s; skipped", message)
             self.warned += 1
             if self.warned == _MAX_WARNINGS:
                 logger.warning("further skipped lines are counted in the summary only")
 
 
+def input_kind(path: str) -> str:
+    """``"jsonl"`` or ``"txt"`` from the file name, else an ``InputError`` naming the file."""
+    for comp in COMPRESSION_SUFFIXES:
+        if path.endswith(tuple(s + comp for s in JSONL_SUFFIXES)):
+            return "jsonl"
+        if path.endswith(tuple(s + comp for s in TXT_SUFFIXES)):
+            return "txt"
+    raise InputError(f"{path}: unknown input type (use .jsonl, .jsonl.zst, .jsonl.gz or .txt)")
+
+
 def expand_inputs(spec: str | list[str]) -> list[str]:
-    """Comma-separated files or globs, in the given order; each must match something."""
+    """Comma-separated files or globs (or a list of them), in the given order, globs sorted.
+
+    Each must match an existing file of a known type: checked here, before any work is done.
+    """
     parts = spec.split(",") if isinstance(spec, str) else list(spec)
     paths: list[str] = []
-    for part in (p.strip() for p in parts if p.strip()):
-        matches = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
+    for part in (os.path.expanduser(p.strip()) for p in parts if p.strip()):
+        matches = sorted(m for m in glob.glob(part) if os.path.isfile(m)) if glob.has_magic(part) else [part]
         if not matches or not all(os.path.isfile(m) for m in matches):
             raise InputError(f"input file not found: {part}")
+        for match in matches:
+            input_kind(match)
         paths += matches
     if not paths:
         raise InputError("no input files given")
@@ -68,17 +113,17 @@ def _zst_chunks(path: str, chunk: int = 1 << 20) -> Iterator[bytes]:
 
     with open(path, "rb") as handle:
         dobj = zstandard.ZstdDecompressor().decompressobj()
-        fed = False
-        while True:
-            data = handle.read(chunk)
-            if not data:
-                break
+        fed = False  # the current frame has received input
+        while data := handle.read(chunk):
             while data:
                 if dobj.eof:  # the previous frame ended: the rest starts a new one
                     dobj = zstandard.ZstdDecompressor().decompressobj()
                     fed = False
                 fed = True
-                out = dobj.decompress(data)
+                try:
+                    out = dobj.decompress(data)
+                except zstandard.ZstdError as exc:
+                    raise InputError(f"{path}: corrupt zstd data ({exc})") from None
                 if out:
                     yield out
                 data = dobj.unused_data if dobj.eof else b""
@@ -86,37 +131,54 @@ def _zst_chunks(path: str, chunk: int = 1 << 20) -> Iterator[bytes]:
             raise InputError(f"{path}: truncated zstd file (the last frame does not end)")
 
 
-def _binary_lines(path: str) -> Iterator[bytes]:
-    """Lines (bytes, newline stripped) of a plain, .gz or .zst file."""
+def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Lines (newline stripped) of a stream of byte chunks; a long line costs linear time."""
+    parts: list[bytes] = []
+    for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            parts.append(chunk[start:end])
+            yield b"".join(parts)
+            parts, start = [], end + 1
+        if start < len(chunk):
+            parts.append(chunk[start:])
+    if parts:
+        yield b"".join(parts)
+
+
+def binary_chunks(path: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Decompressed bytes of a plain, .gz or .zst file, a chunk at a time."""
     if path.endswith(".zst"):
-        pending = b""
-        for chunk in _zst_chunks(path):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            yield from lines
-        if pending:
-            yield pending
+        yield from _zst_chunks(path, chunk)
         return
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
-            for line in handle:
-                yield line.rstrip(b"\n")
-    except (EOFError, gzip.BadGzipFile, OSError) as exc:
+            while data := handle.read(chunk):
+                yield data
+    except FileNotFoundError:
+        raise InputError(f"input file not found: {path}") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise InputError(f"{path}: truncated or corrupt file ({exc})") from None
+
+
+def binary_lines(path: str) -> Iterator[bytes]:
+    """Lines (bytes, ``\\n`` stripped) of a plain, .gz or .zst file."""
+    return _split_lines(binary_chunks(path))
 
 
 def _decode(raw: bytes, where: str, stats: ReadStats, strict: bool) -> str | None:
     try:
         return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        stats.skip("not valid UTF-8", where, strict)
+    except UnicodeDecodeError as exc:
+        stats.skip(NOT_UTF8, where, strict, f" (byte {exc.start})")
         return None
 
 
-def read_jsonl(path: str, keys: list[str], stats: ReadStats, strict: bool) -> Iterator[dict[str, str]]:
-    """One dict ``key -> text`` per valid line."""
-    for lineno, raw in enumerate(_binary_lines(path), start=1):
+def read_jsonl(path: str, keys: list[str], stats: ReadStats, strict: bool) -> Iterator[Document]:
+    """One :class:`Document` per valid line (bad lines counted in ``stats``)."""
+    for lineno, raw in enumerate(binary_lines(path), start=1):
+        stats.bytes += len(raw) + 1
         if not raw.strip():
             continue
         where = f"{path}:{lineno}"
@@ -125,50 +187,76 @@ def read_jsonl(path: str, keys: list[str], stats: ReadStats, strict: bool) -> It
             continue
         try:
             record = json.loads(text)
-        except json.JSONDecodeError:
-            stats.skip("not valid JSON", where, strict)
+        except json.JSONDecodeError as exc:
+            stats.skip(NOT_JSON, where, strict, f" ({exc.msg})")
             continue
-        if not isinstance(record, dict) or any(not isinstance(record.get(k), str) for k in keys):
-            missing = [k for k in keys if not isinstance(record, dict) or not isinstance(record.get(k), str)]
-            stats.skip(f"missing key {missing[0]!r} (or not a string)", where, strict)
+        if not isinstance(record, dict):
+            stats.skip(NOT_JSON, where, strict, f" object (a JSON {type(record).__name__})")
             continue
+        bad = next((k for k in keys if not isinstance(record.get(k), str)), None)
+        if bad is not None:
+            detail = "" if bad not in record else f" (a {type(record[bad]).__name__}, not a string)"
+            stats.skip(MISSING_KEY, where, strict, f" {bad!r}{detail}")
+            continue
+        yield Document({k: record[k] for k in keys}, path, lineno)
+
+
+def read_txt(path: str, keys: list[str], stats: ReadStats, strict: bool, blocks: bool) -> Iterator[Document]:
+    """The whole file as one document (exactly its text), or (``blocks``) one document per
+    block of lines separated by blank (or whitespace-only) lines, streamed."""
+    if not blocks:
+        raw = b"".join(binary_chunks(path))
         stats.bytes += len(raw)
-        yield {k: record[k] for k in keys}
-
-
-def read_txt(path: str, keys: list[str], stats: ReadStats, strict: bool, blocks: bool) -> Iterator[dict[str, str]]:
-    """A .txt file is one document, or (``blocks``) one per blank-line-separated block."""
-    raw = b"\n".join(_binary_lines(path))
-    text = _decode(raw, path, stats, strict)
-    if text is None:
+        yield from _txt_document(raw, path, 1, keys, stats, strict)
         return
-    stats.bytes += len(raw)
-    parts = text.split("\n\n") if blocks else [text]
-    for part in parts:
-        yield {k: part for k in keys}
+    block: list[bytes] = []
+    start = 1
+    for lineno, line in enumerate(binary_lines(path), start=1):
+        stats.bytes += len(line) + 1
+        if line.strip():
+            if not block:
+                start = lineno
+            block.append(line)
+        elif block:
+            yield from _txt_document(b"\n".join(block), path, start, keys, stats, strict)
+            block = []
+    if block:
+        yield from _txt_document(b"\n".join(block), path, start, keys, stats, strict)
+
+
+def _txt_document(raw: bytes, path: str, line: int, keys: list[str], stats: ReadStats,
+                  strict: bool) -> Iterator[Document]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Name the line holding the first bad byte, not just the block's first line.
+        bad_line = line + raw.count(b"\n", 0, exc.start)
+        stats.skip(NOT_UTF8, f"{path}:{bad_line}", strict, f" (byte {exc.start} of the document)")
+        return
+    yield Document({k: text for k in keys}, path, line)
 
 
 def iter_documents(paths: list[str], keys: list[str], stats: ReadStats, strict: bool = False,
-                   txt_blocks: bool = False) -> Iterator[dict[str, str]]:
-    """Documents from every input in order, as ``{key: text}``; empty ones are counted, not yielded."""
+                   txt_blocks: bool = False) -> Iterator[Document]:
+    """Documents from every input in order; empty ones are counted in ``stats``, not yielded."""
     for path in paths:
-        if path.endswith((".jsonl", ".jsonl.zst", ".jsonl.gz", ".json", ".json.zst", ".json.gz")):
+        if not os.path.isfile(path):
+            raise InputError(f"input file not found: {path}")
+        if input_kind(path) == "jsonl":
             docs = read_jsonl(path, keys, stats, strict)
-        elif path.endswith((".txt", ".txt.gz", ".txt.zst")):
-            docs = read_txt(path, keys, stats, strict, txt_blocks)
         else:
-            raise InputError(f"{path}: unknown input type (use .jsonl, .jsonl.zst, .jsonl.gz or .txt)")
+            docs = read_txt(path, keys, stats, strict, txt_blocks)
         for doc in docs:
-            if all(not text.strip() for text in doc.values()):
-                stats.skipped["empty document"] += 1
+            if all(not text.strip() for text in doc.texts.values()):
+                stats.skip(EMPTY, f"{doc.path}:{doc.line}", strict)
                 continue
             stats.documents += 1
             yield doc
 
 
-def iter_texts(paths: list[str], key: str = "text", txt_blocks: bool = False) -> Iterator[str]:
-    """Just the texts of one key (tokenizer training); bad lines are skipped and counted."""
-    stats = ReadStats()
-    for doc in iter_documents(paths, [key], stats, txt_blocks=txt_blocks):
-        yield doc[key]
-
+def iter_texts(paths: list[str], keys: list[str] | str = "text", stats: ReadStats | None = None,
+               txt_blocks: bool = False) -> Iterator[str]:
+    """Just the texts (every key of every document in turn), for tokenizer training."""
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    for doc in iter_documents(paths, keys, stats if stats is not None else ReadStats(), txt_blocks=txt_blocks):
+        yield from doc.texts.values()

@@ -131,7 +131,7 @@ def test_bad_lines_are_counted_with_file_and_line_or_fatal_with_strict(tmp_path,
                   "--tokenizer-type", "CharLevelTokenizer")
     assert result.returncode == 0, result.stderr
     assert f"in.jsonl:2: {reason}" in result.stderr
-    assert "documents: 2" in result.stdout and "'empty document': 1" in result.stdout
+    assert "documents: 2" in result.stdout and "empty document: 1" in result.stdout
     strict = tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(tmp_path / "out2"),
                   "--tokenizer-type", "CharLevelTokenizer", "--strict")
     assert strict.returncode == 1

@@ -40,7 +40,7 @@ def baseline(corpus: str, vocab: str, out: str) -> dict:
     stats, tokens, start = ReadStats(), 0, time.perf_counter()
     builder = MMapIndexedDatasetBuilder(data_file_path(out), np.uint16)
     for doc in iter_documents([corpus], ["text"], stats):
-        ids = tok.tokenize(doc["text"]) + [tok.eod]
+        ids = tok.tokenize(doc.texts["text"]) + [tok.eod]
         builder.add_item(ids)
         builder.end_document()
         tokens += len(ids)
