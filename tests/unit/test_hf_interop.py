@@ -271,3 +271,29 @@ def test_tool_command_line_errors(tmp_path):
         assert code == 1 and "error:" in err and text in err, (name, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (name, err)
     assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3", "o3.tmp", "o4")), "nothing written on error"
+
+
+@pytest.mark.parametrize("kind", ["GPT2BPETokenizer", "HFGPT2Tokenizer"])
+def test_gpt2_vocab_merges_tokenizer_exports_as_tokenizer_json(tmp_path, kind):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoTokenizer
+
+    trained = ByteLevelBPETokenizer()
+    trained.train_from_iterator(["hello world tokens again"] * 50, vocab_size=280, special_tokens=["<|endoftext|>"])
+    trained.save_model(str(tmp_path))
+    files = [str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")]
+    cfg = resolve(config_from_flat({"num_layers": 1, "hidden_size": 32, "num_attention_heads": 4,
+                                    "seq_length": 16, "pos_emb": "rotary", "tokenizer_type": kind,
+                                    "vocab_file": files[0], "merge_file": files[1]}), 1)
+    write_weights_checkpoint(GPTModel(cfg.model).state_dict(), str(tmp_path / "ckpt"), dump_yaml(cfg), 1,
+                             glu=False, tokenizer_files=files)
+    assert tool_main("convert_to_hf.py", "--input_dir", tmp_path / "ckpt", "--output_dir", tmp_path / "hf") == 0
+    model, tokenizer = megatron_lite.load_model(str(tmp_path / "ckpt"))
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "hello world, tokens again! <|endoftext|> x"
+    assert hf_tok(text).input_ids == tokenizer.tokenize(text)
+    assert hf_tok.eos_token == "<|endoftext|>" and hf_tok.eos_token_id == tokenizer.eod
+    hf = GPTNeoXForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    x = torch.tensor([tokenizer.tokenize(text)])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x), rtol=1e-5, atol=1e-5)
