@@ -211,3 +211,96 @@ def test_train_tokenizer_merge_inspect_and_sample_corpus(tmp_path):
                  "--vocab-file", str(tmp_path / "tok.json"))
     assert shown.returncode == 0 and "documents: 8" in shown.stdout and "decoded: 'a The quick" in shown.stdout
     assert tool("inspect_dataset.py", str(tmp_path / "nope")).returncode == 1
+
+
+def run_pp(tmp_path: Path, src, *extra: str, prefix: str = "out") -> subprocess.CompletedProcess:
+    return tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(tmp_path / prefix),
+                "--tokenizer-type", "CharLevelTokenizer", *extra)
+
+
+def test_corrupt_zst_and_strict_utf8_and_bad_settings(tmp_path, tokenizer_files):
+    full = zstandard.ZstdCompressor().compress(b'{"text": "abc"}\n' * 2000)
+    bad = tmp_path / "bad.jsonl.zst"
+    bad.write_bytes(full[:12] + b"\xff" * 40 + full[52:])
+    result = run_pp(tmp_path, bad)
+    assert result.returncode == 1 and "bad.jsonl.zst: " in result.stderr and "Traceback" not in result.stderr
+    utf8 = tmp_path / "u.jsonl"
+    utf8.write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
+    strict = run_pp(tmp_path, utf8, "--strict")
+    assert strict.returncode == 1 and "u.jsonl:2: not valid UTF-8" in strict.stderr
+    missing_vocab = tool("preprocess_data.py", "--input", str(utf8), "--output-prefix", str(tmp_path / "out"),
+                         "--tokenizer-type", "HFTokenizer", "--vocab-file", str(tmp_path / "absent.json"))
+    assert missing_vocab.returncode == 1 and "absent.json not found" in missing_vocab.stderr
+    assert "Traceback" not in missing_vocab.stderr
+    unknown = run_pp(tmp_path, utf8, "--dataset-impl", "cached")
+    assert unknown.returncode == 2 and "invalid choice: 'cached'" in unknown.stderr
+    wrong_type = tool("preprocess_data.py", "--input", str(utf8), "--output-prefix", str(tmp_path / "out"),
+                      "--tokenizer-type", "Tiktoken")
+    assert wrong_type.returncode == 2 and "'Tiktoken' is not one of HFTokenizer" in wrong_type.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_error_with_workers_leaves_nothing_and_does_not_hang(tmp_path):
+    records = [{"text": f"document {i}"} for i in range(3000)]
+    records[2500] = "{oops"
+    src = write_jsonl(tmp_path / "in.jsonl", records)
+    result = run_pp(tmp_path, src, "--workers", "2", "--batch-size", "16", "--strict")
+    assert result.returncode == 1 and "in.jsonl:2501: not valid JSON" in result.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_progress_lines_summary_and_help(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": f"doc {i}"} for i in range(50)])
+    result = run_pp(tmp_path, src, "--log-interval", "20", "--batch-size", "10", "--append-eod")
+    assert result.returncode == 0, result.stderr
+    assert "20 documents (" in result.stderr and "40 documents (" in result.stderr  # not a terminal
+    assert "MB/s" in result.stderr and "tokens/s" in result.stderr
+    assert "documents: 50  tokens: 340" in result.stdout and "skipped: nothing" in result.stdout
+    helped = tool("preprocess_data.py", "--help")
+    words = " ".join(helped.stdout.split())  # argparse wraps lines
+    assert "one document per blank-line-separated block (default: per file)" in words and "--strict" in words
+
+
+def test_ftfy_and_case_insensitive_type(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": "sch\u00c3\u00b6n"}])  # "schön" as mojibake
+    result = tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(tmp_path / "out"),
+                  "--tokenizer-type", "charleveltokenizer", "--ftfy")
+    assert result.returncode == 0, result.stderr
+    ds = MMapIndexedDataset(str(tmp_path / "out_text_document"))
+    assert build_tokenizer_from("CharLevelTokenizer").detokenize(ds[0].tolist()) == "schön"
+
+
+def test_train_tokenizer_errors_and_merge_mismatch(tmp_path):
+    empty = write_jsonl(tmp_path / "e.jsonl", [{"text": " "}, "{bad"])
+    result = tool("train_tokenizer.py", "--input", str(empty), "--vocab-size", "300",
+                  "--output", str(tmp_path / "t.json"))
+    assert result.returncode == 1 and "no documents found" in result.stderr
+    assert not list(tmp_path.glob("t.json*"))
+    for name, kind in (("a", "CharLevelTokenizer"), ("b", "CharLevelTokenizer")):
+        src = write_jsonl(tmp_path / f"{name}.jsonl", [{"text": name}])
+        assert tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(tmp_path / name),
+                    "--tokenizer-type", kind).returncode == 0
+    from megatron_lite.data.indexed_dataset import MMapIndexedDatasetBuilder
+
+    builder = MMapIndexedDatasetBuilder(str(tmp_path / "wide.bin"), np.int32)
+    builder.add_item([1, 2])
+    builder.end_document()
+    builder.finalize(str(tmp_path / "wide.idx"))
+    merged = tool("merge_datasets.py", "--input", str(tmp_path / "a_text_document"), str(tmp_path / "wide"),
+                  "--output-prefix", str(tmp_path / "m"))
+    assert merged.returncode == 1 and "dtype int32 differs from uint16" in merged.stderr
+    assert not list(tmp_path.glob("m.*"))
+
+
+def test_sample_corpus_leaves_out_tests_and_site_packages():
+    import importlib.util
+    import sysconfig
+
+    spec = importlib.util.spec_from_file_location("make_sample_corpus", REPO / "tools" / "make_sample_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found = module.stdlib_modules(sysconfig.get_paths()["stdlib"])
+    names = [name for name, _ in found]
+    assert "json.decoder" in names and "collections" in names and len(names) > 300
+    assert not [n for n in names if "test" in n.split(".") or "tests" in n.split(".") or "site-packages" in n]
+    assert not [p for _, p in found if "site-packages" in p]
