@@ -9,7 +9,7 @@ and ``ckpt/config.yml``: a ready config (model shape, tokenizer, ``load: ckpt``)
 and ``finetune: true``) works right away. Reads config.json in either style (``rotary_pct`` /
 ``rotary_emb_base``, or transformers 5 ``rope_parameters``) and model.safetensors (or
 pytorch_model.bin, loaded weights-only). The tokenizer: tokenizer.json (HFTokenizer) or
-vocab.json + merges.txt (HFGPT2Tokenizer), copied next to the checkpoint.
+vocab.json + merges.txt (GPT2BPETokenizer), copied next to the checkpoint.
 """
 
 from __future__ import annotations
@@ -33,21 +33,28 @@ from megatron_lite.model.hf_interop import (  # noqa: E402
     read_hf_dir,
     state_dict_from_hf,
 )
-from megatron_lite.tokenizer import vocab_size_of  # noqa: E402
+from megatron_lite.tokenizer import build_tokenizer_from, vocab_size_of  # noqa: E402
 from megatron_lite.training.checkpoint_format import write_weights_checkpoint  # noqa: E402
 
 # HF tokenizer files -> (our tokenizer_type, the config keys they fill), first match wins.
-_TOKENIZER_FILES = (("HFTokenizer", ("tokenizer.json",)), ("HFGPT2Tokenizer", ("vocab.json", "merges.txt")))
+_TOKENIZER_FILES = (("HFTokenizer", ("tokenizer.json",)), ("GPT2BPETokenizer", ("vocab.json", "merges.txt")))
 
 
 def copy_tokenizer(input_dir: str, output_dir: str) -> tuple[str | None, list[str]]:
     """(tokenizer_type, copied file paths) of the HF directory's tokenizer, or (None, [])."""
     for kind, names in _TOKENIZER_FILES:
-        if all(os.path.isfile(os.path.join(input_dir, n)) for n in names):
-            copied = [os.path.join(os.path.abspath(output_dir), n) for n in names]
-            for name, dst in zip(names, copied):
-                shutil.copy2(os.path.join(input_dir, name), dst)
-            return kind, copied
+        if not all(os.path.isfile(os.path.join(input_dir, n)) for n in names):
+            continue
+        try:  # our tokenizer types need <|endoftext|> as end of document
+            build_tokenizer_from(kind, *[os.path.join(input_dir, n) for n in names])
+        except ValueError as exc:
+            print(f"note: tokenizer not usable here ({exc}): set tokenizer_type/vocab_file in the config",
+                  file=sys.stderr)
+            return None, []
+        copied = [os.path.join(os.path.abspath(output_dir), n) for n in names]
+        for name, dst in zip(names, copied):
+            shutil.copy2(os.path.join(input_dir, name), dst)
+        return kind, copied
     return None, []
 
 
@@ -126,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"wrote checkpoint {args.output_dir} and its config {path}")
     if not has_tokenizer:
-        print("note: the HF directory has no tokenizer files: set vocab_file in the config")
+        print("note: no tokenizer was converted: set vocab_file in the config before running")
     return 0
 
 

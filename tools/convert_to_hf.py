@@ -40,10 +40,10 @@ def _tokenizer_json(step: str, flat: dict, tokenizer, out_path: str) -> bool:
         source = local if os.path.isfile(local) else flat.get("vocab_file")
         shutil.copy2(source, out_path)
         return True
-    rust = getattr(tokenizer, "_tok", None)  # GPT-2 vocab/merges types: their tokenizers object
-    if rust is None:
+    backend = getattr(tokenizer, "backend", None)  # GPT-2 vocab/merges types: the tokenizers object
+    if backend is None:
         return False
-    rust.save(out_path)
+    backend.save(out_path)
     return True
 
 

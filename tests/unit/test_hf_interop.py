@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -297,3 +298,13 @@ def test_gpt2_vocab_merges_tokenizer_exports_as_tokenizer_json(tmp_path, kind):
     x = torch.tensor([tokenizer.tokenize(text)])
     with torch.no_grad():
         torch.testing.assert_close(hf(x).logits, model(x), rtol=1e-5, atol=1e-5)
+    # And back: an HF directory with vocab.json + merges.txt imports as GPT2BPETokenizer.
+    (tmp_path / "hf" / "tokenizer.json").unlink()
+    for file in files:
+        shutil.copy(file, tmp_path / "hf")
+    assert tool_main("convert_from_hf.py", "--input_dir", tmp_path / "hf", "--output_dir", tmp_path / "back") == 0
+    back_cfg = load_resolved(str(tmp_path / "back" / "config.yml"), 1)
+    assert back_cfg.tokenizer.tokenizer_type == "GPT2BPETokenizer"
+    assert back_cfg.tokenizer.merge_file == str(tmp_path / "back" / "merges.txt")
+    _, back_tokenizer = megatron_lite.load_model(str(tmp_path / "back"))
+    assert back_tokenizer.tokenize(text) == tokenizer.tokenize(text)
