@@ -93,17 +93,25 @@ def _check_paths(input_dir: str, output_dir: str) -> None:
 
 
 def convert(input_dir: str, output_dir: str, tp: int) -> tuple[str, bool]:
-    """Write the checkpoint and its config.yml; returns (the config's path, tokenizer found)."""
+    """Write the checkpoint and its config.yml; returns (the config's path, tokenizer found).
+
+    An output directory this call created is removed again if anything fails."""
     _check_paths(input_dir, output_dir)
     hf_config, weights = read_hf_dir(input_dir)
     model_keys_from_hf(hf_config)  # unsupported architecture: fail before writing anything
+    created = not os.path.exists(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    kind, files = copy_tokenizer(input_dir, output_dir)
-    flat = ready_config(hf_config, output_dir, tp, kind, files)
-    cfg = resolve(config_from_flat(flat), tp)  # validates: heads divisible by tp, ...
-    full = state_dict_from_hf(weights, cfg.model.padded_vocab_size, tied=not cfg.model.no_weight_tying)
-    write_weights_checkpoint(full, output_dir, dump_yaml(cfg), tp, glu=False,
-                             tokenizer_files=files or None, vocab_size=hf_config["vocab_size"])
+    try:
+        kind, files = copy_tokenizer(input_dir, output_dir)
+        flat = ready_config(hf_config, output_dir, tp, kind, files)
+        cfg = resolve(config_from_flat(flat), tp)  # validates: heads divisible by tp, ...
+        full = state_dict_from_hf(weights, cfg.model.padded_vocab_size, tied=not cfg.model.no_weight_tying)
+        write_weights_checkpoint(full, output_dir, dump_yaml(cfg), tp, glu=False,
+                                 tokenizer_files=files or None, vocab_size=hf_config["vocab_size"])
+    except BaseException:
+        if created:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
     path = os.path.join(output_dir, "config.yml")
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
         handle.write(f"# Written by tools/convert_from_hf.py from {os.path.abspath(input_dir)}.\n"

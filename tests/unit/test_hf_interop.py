@@ -258,7 +258,10 @@ def test_tool_command_line_errors(tmp_path):
     llama.mkdir()
     (llama / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 8}))
     save_file({"x": torch.zeros(1)}, llama / "model.safetensors")
+    neox = hf_model(tmp_path, rotary_pct=0.25, parallel=True, tied=True)  # 4 heads
     runs = {
+        "from-tp3": tool("convert_from_hf.py", "--input_dir", neox, "--output_dir", tmp_path / "o5",
+                         "--model_parallel_size", "3"),
         "to-missing": tool("convert_to_hf.py", "--input_dir", tmp_path / "absent", "--output_dir", tmp_path / "o1"),
         "from-missing": tool("convert_from_hf.py", "--input_dir", tmp_path / "absent", "--output_dir", tmp_path / "o2"),
         "to-swiglu": tool("convert_to_hf.py", "--input_dir", tmp_path / "swiglu", "--output_dir", tmp_path / "o3"),
@@ -266,12 +269,12 @@ def test_tool_command_line_errors(tmp_path):
     }
     results = {name: finish(proc) for name, proc in runs.items()}
     expected = {"to-missing": "absent", "from-missing": "absent", "to-swiglu": "activation: swiglu",
-                "from-llama": "model_type 'llama'"}
+                "from-llama": "model_type 'llama'", "from-tp3": "not divisible by model_parallel_size (3)"}
     for name, text in expected.items():
         code, _, err = results[name]
         assert code == 1 and "error:" in err and text in err, (name, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (name, err)
-    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3", "o3.tmp", "o4")), "nothing written on error"
+    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3", "o3.tmp", "o4", "o5")), "nothing written on error"
 
 
 @pytest.mark.parametrize("kind", ["GPT2BPETokenizer", "HFGPT2Tokenizer"])
