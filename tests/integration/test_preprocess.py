@@ -304,3 +304,28 @@ def test_sample_corpus_leaves_out_tests_and_site_packages():
     assert "json.decoder" in names and "collections" in names and len(names) > 300
     assert not [n for n in names if "test" in n.split(".") or "tests" in n.split(".") or "site-packages" in n]
     assert not [p for _, p in found if "site-packages" in p]
+
+
+def test_killed_mid_run_leaves_no_valid_looking_output(tmp_path):
+    """SIGKILL after some documents were written: only *.tmp files remain, no .bin/.idx."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": f"document number {i}"} for i in range(400)])
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(REPO / 'tools')!r})
+import preprocess_data
+
+real = preprocess_data.iter_documents
+def dying(*args, **kwargs):
+    for n, doc in enumerate(real(*args, **kwargs)):
+        if n == 300:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield doc
+preprocess_data.iter_documents = dying
+preprocess_data.main(["--input", {str(src)!r}, "--output-prefix", {str(tmp_path / 'out')!r},
+                      "--tokenizer-type", "CharLevelTokenizer", "--batch-size", "8"])
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == -9
+    left = leftovers(tmp_path)
+    assert left and all(name.endswith(".tmp") for name in left), left
+    assert Path(tmp_path / "out_text_document.bin.tmp").stat().st_size > 0  # it had written tokens

@@ -63,6 +63,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None, help="write results as JSON")
     args = p.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as work:
         corpus, vocab = os.path.join(work, "corpus.jsonl.zst"), os.path.join(work, "tok.json")
         extra = ["--max-docs", str(args.max_docs)] if args.max_docs else []
@@ -82,6 +83,13 @@ def main() -> int:
         table[name] = {"seconds": seconds, "MB_per_s": results[0]["megabytes"] / seconds,
                        "tokens_per_s": results[0]["tokens"] / seconds}
     base = table["one-at-a-time loop"]["tokens_per_s"]
+    import tokenizers
+
+    # Other work on the machine skews every ratio: say how busy it was.
+    first = runs["one-at-a-time loop"][0]
+    print(f"input: {first['megabytes']:.1f} MB, {first['tokens']} tokens; {os.cpu_count()} cores, "
+          f"load average {load_before:.2f} before / {os.getloadavg()[0]:.2f} after; "
+          f"tokenizers {tokenizers.__version__}")
     print(f"{'implementation':<28}{'MB/s':>8}{'tokens/s':>12}{'vs loop':>9}   (median of {args.repeats})")
     for name, row in table.items():
         print(f"{name:<28}{row['MB_per_s']:>8.2f}{row['tokens_per_s']:>12.0f}{row['tokens_per_s'] / base:>8.2f}x")
