@@ -112,15 +112,32 @@ def read_full_state_dict(step_dir: str, glu: bool) -> dict[str, torch.Tensor]:
                 shards[key][int(match[1])] = tensor
     if not shards:
         raise CheckpointError(f"no model weights found in {step_dir}")
+    _check_complete(step_dir, shards)
     return {key: merge_shards(key, [by_rank[r] for r in sorted(by_rank)], glu=glu)
             for key, by_rank in shards.items()}
+
+
+def _check_complete(step_dir: str, shards: dict[str, dict[int, torch.Tensor]]) -> None:
+    """Every tensor-parallel rank's file must be there: merging a partial set would silently
+    give half-size tensors."""
+    expected = read_meta(step_dir).model_parallel_size if os.path.isfile(
+        os.path.join(step_dir, META_FILE)) else max(max(r) for r in shards.values()) + 1
+    for key, by_rank in shards.items():
+        if sorted(by_rank) != list(range(expected)):
+            missing = sorted(set(range(expected)) - set(by_rank))
+            raise CheckpointError(
+                f"{step_dir} is incomplete: {key} lacks tensor-parallel rank(s) {missing} "
+                f"of {expected}")
 
 
 def read_num_layers(step_dir: str) -> int:
     """num_layers from the checkpoint's config.yml (needed to name pipeline layer files)."""
     import yaml
 
-    with open(os.path.join(step_dir, CONFIG_FILE), encoding="utf-8") as handle:
+    path = os.path.join(step_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{step_dir} has no {CONFIG_FILE}: cannot map its pipeline layer files")
+    with open(path, encoding="utf-8") as handle:
         return int(yaml.safe_load(handle)["num_layers"])
 
 
