@@ -137,12 +137,18 @@ def load_model_weights(module: torch.nn.Module, cfg: Config, tp_rank: int, pipel
     """Weights only, from ``load`` (our checkpoint of any layout, or a Hugging Face GPTNeoX
     directory), into this rank's (tensor/pipeline) part of the model."""
     from megatron_lite.api import load_weights
-    from megatron_lite.model.hf_interop import is_hf_dir, read_hf_dir, state_dict_from_hf
+    from megatron_lite.model.hf_interop import (
+        is_hf_dir,
+        model_keys_from_hf,
+        read_hf_dir,
+        state_dict_from_hf,
+    )
 
     source = cfg.checkpoint.load
     glu = cfg.model.activation in ("swiglu", "geglu")
     if is_hf_dir(source):
-        _, weights = read_hf_dir(source)
+        hf_config, weights = read_hf_dir(source)
+        _check_same_architecture(source, model_keys_from_hf(hf_config), cfg)
         full = state_dict_from_hf(weights, cfg.model.padded_vocab_size, tied=not cfg.model.no_weight_tying)
     else:
         _, full, _, _ = load_weights(source, cfg.checkpoint.iteration)
@@ -160,6 +166,21 @@ def load_model_weights(module: torch.nn.Module, cfg: Config, tp_rank: int, pipel
                 f"{tuple(own[key].shape)} (a different model shape in the config?)")
     module.load_state_dict({key: shard[name] for key, name in names.items()}, strict=True)
     logger.info("loaded model weights from %s", source)
+
+
+_ARCHITECTURE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+                      "pos_emb", "rotary_pct", "rotary_emb_base", "gpt_j_residual", "no_weight_tying",
+                      "activation", "norm")
+
+
+def _check_same_architecture(source: str, hf_keys: dict[str, Any], cfg: Config) -> None:
+    """Weights of matching shapes can still belong to another architecture (rotary fraction,
+    residual style, activation): compare with the Hugging Face config.json first."""
+    differ = [f"{k}: config {getattr(cfg.model, k)!r}, {source} {hf_keys[k]!r}"
+              for k in _ARCHITECTURE_KEYS if k in hf_keys and getattr(cfg.model, k) != hf_keys[k]]
+    if differ:
+        raise CheckpointError("the run's model config differs from the Hugging Face model it loads: "
+                              + "; ".join(differ) + " (tools/convert_from_hf.py writes a matching config.yml)")
 
 
 def fit_vocab_rows(full: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:

@@ -311,3 +311,16 @@ def test_gpt2_vocab_merges_tokenizer_exports_as_tokenizer_json(tmp_path, kind):
     assert back_cfg.tokenizer.merge_file == str(tmp_path / "back" / "merges.txt")
     _, back_tokenizer = megatron_lite.load_model(str(tmp_path / "back"))
     assert back_tokenizer.tokenize(text) == tokenizer.tokenize(text)
+
+
+def test_loading_hf_weights_into_a_different_architecture_is_an_error():
+    from megatron_lite.training.checkpoint_format import CheckpointError
+    from megatron_lite.training.checkpointing import _check_same_architecture
+
+    cfg = resolve(config_from_flat({"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+                                    "seq_length": 8, "padded_vocab_size": 64, "pos_emb": "rotary",
+                                    "rotary_pct": 1.0, "make_vocab_size_divisible_by": 64}), 1)
+    hf_keys = {"num_layers": 2, "hidden_size": 64, "rotary_pct": 0.25, "gpt_j_residual": False}
+    with pytest.raises(CheckpointError, match="rotary_pct: config 1.0, hf_dir 0.25"):
+        _check_same_architecture("hf_dir", hf_keys, cfg)
+    _check_same_architecture("hf_dir", {**hf_keys, "rotary_pct": 1.0}, cfg)
