@@ -6,7 +6,9 @@
 Input: the sample corpus (this Python's standard library as .jsonl.zst, ~12 MB) with a 4096-token
 byte-level BPE trained on it. Each repeat runs, in alternation, the baseline (read each line,
 ``tokenizer.tokenize(text)`` one document at a time, write the .bin/.idx) and preprocess_data at
-1 and 2 workers; medians of MB/s and tokens/s are printed with their ratio to the baseline.
+1 and 2 workers; medians of wall time, MB/s, tokens/s (with the ratio to the baseline) and CPU
+seconds are printed. CPU seconds show the work done whatever else runs on the machine; the wall
+time ratios need idle cores to mean anything (the load average is printed).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +36,19 @@ from megatron_lite.data.indexed_dataset import (  # noqa: E402
 )
 from megatron_lite.data.readers import ReadStats, iter_documents  # noqa: E402
 from megatron_lite.tokenizer import build_tokenizer_from  # noqa: E402
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads) and its reaped children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn, *args) -> dict:
+    """``fn(*args)``'s result with its CPU seconds added (pool workers are reaped by then)."""
+    cpu = _cpu_seconds()
+    result = fn(*args)
+    return {**result, "cpu": _cpu_seconds() - cpu}
 
 
 def baseline(corpus: str, vocab: str, out: str) -> dict:
@@ -74,14 +90,15 @@ def main() -> int:
         runs: dict[str, list[dict]] = {"one-at-a-time loop": [], "preprocess_data 1 worker": [],
                                        "preprocess_data 2 workers": []}
         for r in range(args.repeats):
-            runs["one-at-a-time loop"].append(baseline(corpus, vocab, os.path.join(work, f"b{r}")))
-            runs["preprocess_data 1 worker"].append(ours(corpus, vocab, os.path.join(work, f"o1_{r}"), 1))
-            runs["preprocess_data 2 workers"].append(ours(corpus, vocab, os.path.join(work, f"o2_{r}"), 2))
+            runs["one-at-a-time loop"].append(timed(baseline, corpus, vocab, os.path.join(work, f"b{r}")))
+            runs["preprocess_data 1 worker"].append(timed(ours, corpus, vocab, os.path.join(work, f"o1_{r}"), 1))
+            runs["preprocess_data 2 workers"].append(timed(ours, corpus, vocab, os.path.join(work, f"o2_{r}"), 2))
     table = {}
     for name, results in runs.items():
         seconds = statistics.median(x["seconds"] for x in results)
+        cpu = statistics.median(x["cpu"] for x in results)
         table[name] = {"seconds": seconds, "MB_per_s": results[0]["megabytes"] / seconds,
-                       "tokens_per_s": results[0]["tokens"] / seconds}
+                       "tokens_per_s": results[0]["tokens"] / seconds, "cpu_seconds": cpu}
     base = table["one-at-a-time loop"]["tokens_per_s"]
     import tokenizers
 
@@ -90,9 +107,11 @@ def main() -> int:
     print(f"input: {first['megabytes']:.1f} MB, {first['tokens']} tokens; {os.cpu_count()} cores, "
           f"load average {load_before:.2f} before / {os.getloadavg()[0]:.2f} after; "
           f"tokenizers {tokenizers.__version__}")
-    print(f"{'implementation':<28}{'MB/s':>8}{'tokens/s':>12}{'vs loop':>9}   (median of {args.repeats})")
+    print(f"{'implementation':<28}{'wall s':>8}{'MB/s':>8}{'tokens/s':>12}{'vs loop':>9}{'CPU s':>8}"
+          f"   (medians of {args.repeats})")
     for name, row in table.items():
-        print(f"{name:<28}{row['MB_per_s']:>8.2f}{row['tokens_per_s']:>12.0f}{row['tokens_per_s'] / base:>8.2f}x")
+        print(f"{name:<28}{row['seconds']:>8.2f}{row['MB_per_s']:>8.2f}{row['tokens_per_s']:>12.0f}"
+              f"{row['tokens_per_s'] / base:>8.2f}x{row['cpu_seconds']:>8.2f}")
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(table, handle, indent=2)
