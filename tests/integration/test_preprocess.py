@@ -329,3 +329,28 @@ preprocess_data.main(["--input", {str(src)!r}, "--output-prefix", {str(tmp_path 
     left = leftovers(tmp_path)
     assert left and all(name.endswith(".tmp") for name in left), left
     assert Path(tmp_path / "out_text_document.bin.tmp").stat().st_size > 0  # it had written tokens
+
+
+def test_ctrl_c_with_workers_is_one_line_and_leaves_nothing(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": f"document number {i}"} for i in range(400)])
+    script = f"""
+import os, signal, sys, time
+sys.path.insert(0, {str(REPO / 'tools')!r})
+import preprocess_data
+
+real = preprocess_data.iter_documents
+def interrupted(*args, **kwargs):
+    for n, doc in enumerate(real(*args, **kwargs)):
+        if n == 300:
+            os.killpg(os.getpgid(0), signal.SIGINT)  # like Ctrl-C: parent and workers
+            time.sleep(0.5)
+        yield doc
+preprocess_data.iter_documents = interrupted
+sys.exit(preprocess_data.main(["--input", {str(src)!r}, "--output-prefix", {str(tmp_path / 'out')!r},
+                               "--tokenizer-type", "CharLevelTokenizer", "--batch-size", "8", "--workers", "2"]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            start_new_session=True)
+    assert result.returncode == 130, result.stderr
+    assert "interrupted; no output written" in result.stderr and "Traceback" not in result.stderr
+    assert leftovers(tmp_path) == []
