@@ -101,7 +101,7 @@ def generate_batch(model: GPTModel, tokenizer: Any, prompts: list[list[int]], pa
     positions = (real.long().cumsum(-1) - 1).clamp(min=0)
     for _ in range(params.max_new_tokens):
         logits = model(step_in, position_ids=positions, cache=cache, attention_mask=mask,
-                       gather_logits=True)[:, -1, :vocab]  # [b, V]
+                       gather_logits=True, last_only=True)[:, -1, :vocab]  # [b, V]
         nxt = sample_next(logits, params.temperature, params.top_k, params.top_p, gens)
         for row in range(b):
             if not stops.done[row]:

@@ -66,13 +66,18 @@ class GPTModel(nn.Module):
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
         gather_logits: bool = False,
+        last_only: bool = False,
     ) -> torch.Tensor:
+        """``last_only``: logits of the last position only, [b, 1, v] (generation needs no
+        more; the LM head dominates a prefill's cost with a large vocabulary)."""
         if position_ids is None:
             position_ids = default_position_ids(tokens, cache.seen if cache is not None else 0)
         x = self.embedding(tokens, position_ids)  # [b, s, h]
         x = self._run_layers(x, position_ids, cache, attention_mask)
         if cache is not None:
             cache.advance(tokens.shape[1])
+        if last_only:
+            x = x[:, -1:]
         x = self.final_layernorm(x)
         return self.lm_head(x, self.embedding.weight, gather=gather_logits)
 
