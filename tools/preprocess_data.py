@@ -11,15 +11,35 @@ Inputs: a .jsonl line is one document (the string under each key). A .txt file i
 document (its whole text); with --txt-blocks each block of lines separated by blank lines is
 one document. .zst and .gz are decompressed on the fly.
 
-Bad input: a line that is not UTF-8, not JSON, or lacks a key is skipped, counted and reported
-as file:line (--strict: the first one is fatal); empty documents are skipped and counted. A
-missing, truncated or corrupt input file, or no documents at all, is an error (exit 1): outputs
-are written under temporary names and appear only when complete, so an error leaves nothing.
+Supervised fine-tuning data (.jsonl records; GPT-NeoX's label datasets, prompt tokens masked):
+
+    python tools/preprocess_data.py --input data/sft.jsonl --output-prefix data/sft \\
+        --prompt-key prompt --completion-key completion --append-eod --tokenizer-type ...
+    python tools/preprocess_data.py --input data/chat.jsonl --output-prefix data/chat \\
+        --chat-key messages [--only-last-turn] --tokenizer-type ...
+
+write {output_prefix}_text_document (the tokens) and {output_prefix}_label_document (int32, same
+document sizes: the token id where the loss counts, -100 where it does not). Train on them with
+train_data_paths: [".../sft_text_document"] and train_label_data_paths: [".../sft_label_document"].
+--prompt-key/--completion-key: the prompt (masked) is followed directly by the completion
+(trained on; with --append-eod the eod after it too). --chat-key: a list of {"role", "content"}
+messages, each turn rendered as "<|ROLE|>\\n" + content + eod; the content and eod of the
+--generation-role turns (assistant) are trained on (--only-last-turn: of the last one only),
+everything else is masked (--append-eod: prompt/completion only, the chat template already ends
+every turn with eod). Records with nothing to train on (an empty completion, no assistant turn)
+are skipped and counted. See docs/data.md.
+
+Bad input: a line that is not UTF-8, not JSON, or lacks a key (or holds the wrong type there)
+is skipped, counted and reported as file:line (--strict: the first one is fatal); empty
+documents are skipped and counted. A missing, truncated or corrupt input file, or no documents
+at all, is an error (exit 1): outputs are written under temporary names and appear only when
+complete, so an error leaves nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -45,8 +65,16 @@ from megatron_lite.data.readers import (  # noqa: E402
     Document,
     InputError,
     ReadStats,
+    RecordParser,
     expand_inputs,
+    input_kind,
     iter_documents,
+)
+from megatron_lite.data.sft import (  # noqa: E402
+    LABEL_DTYPE,
+    chat_parser,
+    encode_segments,
+    prompt_completion_parser,
 )
 from megatron_lite.tokenizer import TOKENIZER_TYPES, build_tokenizer_from  # noqa: E402
 from megatron_lite.utils.logging import get_logger, setup_logging  # noqa: E402
@@ -63,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--input", required=True,
                    help="comma-separated files or globs (.jsonl, .jsonl.zst, .jsonl.gz, .txt)")
-    p.add_argument("--jsonl-keys", nargs="+", default=["text"], help="JSON keys to tokenize; one output per key")
+    p.add_argument("--jsonl-keys", nargs="+", default=None,
+                   help="JSON keys to tokenize; one output per key (default: text)")
     p.add_argument("--num-docs", type=int, default=None, help="stop after this many documents")
     p.add_argument("--tokenizer-type", required=True, type=_tokenizer_type, metavar="{" + ",".join(TOKENIZER_TYPES) + "}")
     p.add_argument("--vocab-file", default=None, help="tokenizers JSON (HFTokenizer) or GPT-2 vocab.json")
@@ -78,10 +107,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--strict", action="store_true", help="the first bad line is an error")
     p.add_argument("--txt-blocks", action="store_true",
                    help=".txt inputs: one document per blank-line-separated block (default: per file)")
+    _add_sft_args(p)
     args = p.parse_args(argv)
     if args.workers < 1 or args.batch_size < 1 or args.log_interval < 1:
         p.error("--workers, --batch-size and --log-interval must be at least 1")
+    _check_sft_args(p, args)
     return args
+
+
+def _add_sft_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("supervised fine-tuning (writes _text_document and _label_document)")
+    g.add_argument("--prompt-key", default=None, metavar="KEY",
+                   help="prompt/completion records: the prompt's key (masked; default prompt)")
+    g.add_argument("--completion-key", default=None, metavar="KEY",
+                   help="prompt/completion records: the completion's key (trained on; default completion)")
+    g.add_argument("--chat-key", default=None, metavar="KEY",
+                   help='chat records: the key of the list of {"role", "content"} messages (e.g. messages)')
+    g.add_argument("--generation-role", default=None, metavar="ROLE",
+                   help="chat: the role whose turns are trained on (default assistant)")
+    g.add_argument("--only-last-turn", "--only-last", action="store_true",
+                   help="chat: train on the last --generation-role turn only")
+
+
+def _check_sft_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Sets ``args.mode`` ("text", "prompt" or "chat") and the defaults that depend on it."""
+    pairs = args.prompt_key is not None or args.completion_key is not None
+    args.mode = "chat" if args.chat_key is not None else "prompt" if pairs else "text"
+    if pairs and args.chat_key is not None:
+        p.error("give --prompt-key/--completion-key or --chat-key, not both")
+    if args.mode != "chat" and (args.only_last_turn or args.generation_role is not None):
+        p.error("--only-last-turn and --generation-role need --chat-key")
+    if args.mode != "text" and (args.jsonl_keys is not None or args.txt_blocks):
+        p.error("--jsonl-keys and --txt-blocks do not apply to --prompt-key/--completion-key/--chat-key")
+    args.jsonl_keys = args.jsonl_keys or ["text"]
+    if args.mode == "prompt":
+        args.prompt_key, args.completion_key = args.prompt_key or "prompt", args.completion_key or "completion"
+    args.generation_role = args.generation_role or "assistant"
 
 
 def _tokenizer_type(value: str) -> str:
@@ -131,21 +192,39 @@ def _encode(batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return flat, lengths
 
 
-def _batches(docs: Iterator[Document], keys: list[str], size: int, limit: int | None,
-             max_chars: int = 1 << 18) -> Iterator[list[str]]:
-    """Texts of up to ``size`` documents (and about ``max_chars`` characters, so that a few
-    long documents do not leave one worker busy while the others wait) per task, key-major
-    ([k0 of every doc, k1 of every doc, ...]); stops after ``limit`` documents."""
+def _encode_sft(batch: list[list[Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One supervised task: documents of segments -> (tokens, labels, tokens per document)."""
+    return encode_segments(_WORKER["tok"], batch, _WORKER["dtype"], _WORKER["fix"])
+
+
+def _batches(docs: Iterator[Document], size: int, limit: int | None, chars: Callable[[Document], int],
+             pack: Callable[[list[Document]], Any], max_chars: int = 1 << 18) -> Iterator[Any]:
+    """``pack`` of up to ``size`` documents (and about ``max_chars`` characters, so that a few
+    long documents do not leave one worker busy while the others wait) per task; stops after
+    ``limit`` documents."""
     batch: list[Document] = []
-    chars = 0
+    total = 0
     for doc in itertools.islice(docs, limit):
         batch.append(doc)
-        chars += sum(len(doc.texts[k]) for k in keys)
-        if len(batch) == size or chars >= max_chars:
-            yield [doc.texts[k] for k in keys for doc in batch]
-            batch, chars = [], 0
+        total += chars(doc)
+        if len(batch) == size or total >= max_chars:
+            yield pack(batch)
+            batch, total = [], 0
     if batch:
-        yield [doc.texts[k] for k in keys for doc in batch]
+        yield pack(batch)
+
+
+def _text_chars(keys: list[str], doc: Document) -> int:
+    return sum(len(doc.texts[k]) for k in keys)
+
+
+def _key_major(keys: list[str], batch: list[Document]) -> list[str]:
+    """[k0 of every doc, k1 of every doc, ...]: one tokenizer call covers every key."""
+    return [doc.texts[k] for k in keys for doc in batch]
+
+
+def _segment_chars(doc: Document) -> int:
+    return sum(len(text) for text, _ in doc.texts["segments"] if text is not None)
 
 
 def _ordered_map(pool: Any, fn: Callable, items: Iterable, window: int) -> Iterator[Any]:
@@ -194,24 +273,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # error here (a Pool whose initializer fails restarts its workers forever instead).
     _init_worker(*init)
     dtype = _WORKER["dtype"]
-    outputs = {k: f"{args.output_prefix}_{k}_document" for k in args.jsonl_keys}
+    outputs = _outputs(args, dtype)
+    if args.mode != "text":  # before any work: a .txt input would only fail when reached
+        for path in paths:
+            if input_kind(path) != "jsonl":
+                raise InputError(f"{path}: --{args.mode}-key reads JSON records (.jsonl, .jsonl.zst, .jsonl.gz)")
     os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
     builders: dict[str, MMapIndexedDatasetBuilder] = {}
     pool = None
     stats = ReadStats()
     start = time.perf_counter()
     try:
-        for key, prefix in outputs.items():
-            builders[key] = MMapIndexedDatasetBuilder(data_file_path(prefix), dtype)
+        for key, (prefix, out_dtype) in outputs.items():
+            builders[key] = MMapIndexedDatasetBuilder(data_file_path(prefix), out_dtype)
         if args.workers > 1:
             pool = multiprocessing.get_context(_START_METHOD).Pool(args.workers, _init_worker, (*init, False))
-        docs = iter_documents(paths, args.jsonl_keys, stats, args.strict, args.txt_blocks)
+        docs = iter_documents(paths, args.jsonl_keys, stats, args.strict, args.txt_blocks, _parser(args))
         written, tokens = _consume(args, pool, docs, builders, stats)
         if written == 0:
             raise InputError(f"no documents found in {', '.join(paths)} "
                              f"(skipped: {_skipped(stats)})")
         for key, builder in builders.items():  # all outputs complete before any appears
-            builder.prepare(index_file_path(outputs[key]))
+            builder.prepare(index_file_path(outputs[key][0]))
         for builder in builders.values():
             builder.commit()
     except BaseException:
@@ -224,31 +307,73 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             pool.join()
     return {"documents": written, "tokens": tokens, "megabytes": stats.bytes / 1e6,
             "seconds": time.perf_counter() - start, "skipped": dict(stats.skipped),
-            "outputs": list(outputs.values()), "dtype": np.dtype(dtype).name}
+            "outputs": [prefix for prefix, _ in outputs.values()], "dtype": np.dtype(dtype).name,
+            "dtypes": {prefix: np.dtype(d).name for prefix, d in outputs.values()}}
+
+
+def _outputs(args: argparse.Namespace, dtype: Any) -> dict[str, tuple[str, Any]]:
+    """{builder name: (output prefix, dtype)}: one per key, or the tokens and labels of SFT data."""
+    if args.mode == "text":
+        return {k: (f"{args.output_prefix}_{k}_document", dtype) for k in args.jsonl_keys}
+    # GPT-NeoX's preprocess_data_with_mask.py names: {prefix}_text_document, {prefix}_label_document.
+    return {"text": (f"{args.output_prefix}_text_document", dtype),
+            "label": (f"{args.output_prefix}_label_document", LABEL_DTYPE)}
+
+
+def _parser(args: argparse.Namespace) -> RecordParser | None:
+    """How a JSON record becomes a document: None (a string per --jsonl-keys key) or SFT's."""
+    if args.mode == "prompt":
+        return prompt_completion_parser(args.prompt_key, args.completion_key, args.append_eod)
+    if args.mode == "chat":
+        return chat_parser(args.chat_key, args.generation_role, args.only_last_turn)
+    return None
 
 
 def _consume(args: argparse.Namespace, pool: Any, docs: Iterator[Document],
              builders: dict[str, MMapIndexedDatasetBuilder], stats: ReadStats) -> tuple[int, int]:
-    """Tokenize every document (in the pool, or here) and append it to each key's output."""
+    """Tokenize every document (in the pool, or here) and append it to the outputs."""
     keys = args.jsonl_keys
-    jobs = _batches(docs, keys, args.batch_size, args.num_docs)
+    if args.mode == "text":
+        jobs = _batches(docs, args.batch_size, args.num_docs, functools.partial(_text_chars, keys),
+                        functools.partial(_key_major, keys))
+        encode, write = _encode, functools.partial(_write_keys, builders, keys)
+    else:
+        jobs = _batches(docs, args.batch_size, args.num_docs, _segment_chars,
+                        lambda batch: [doc.texts["segments"] for doc in batch])
+        encode, write = _encode_sft, functools.partial(_write_sft, builders)
     # A few tasks per worker in flight keeps them busy while bounding memory.
-    encoded = _ordered_map(pool, _encode, jobs, 4 * args.workers) if pool else map(_encode, jobs)
+    encoded = _ordered_map(pool, encode, jobs, 4 * args.workers) if pool else map(encode, jobs)
     progress = _Progress(args.log_interval)
     written = tokens = 0
     try:
-        for flat, lengths in encoded:
-            n = len(lengths) // len(keys)
-            bounds = np.concatenate([[0], np.cumsum(lengths)])  # [n * keys + 1] token offsets
-            for j, key in enumerate(keys):  # key-major: texts j*n .. (j+1)*n are key j
-                builders[key].add_documents(flat[bounds[j * n] : bounds[(j + 1) * n]],
-                                            lengths[j * n : (j + 1) * n])
+        for result in encoded:
+            n, t = write(result)
             written += n
-            tokens += int(lengths.sum())
+            tokens += t
             progress.update(n, written, stats, tokens)
     finally:
         progress.close()
     return written, tokens
+
+
+def _write_keys(builders: dict[str, MMapIndexedDatasetBuilder], keys: list[str],
+                result: tuple[np.ndarray, np.ndarray]) -> tuple[int, int]:
+    """One text task's ids into each key's output; returns (documents, tokens)."""
+    flat, lengths = result
+    n = len(lengths) // len(keys)
+    bounds = np.concatenate([[0], np.cumsum(lengths)])  # [n * keys + 1] token offsets
+    for j, key in enumerate(keys):  # key-major: texts j*n .. (j+1)*n are key j
+        builders[key].add_documents(flat[bounds[j * n] : bounds[(j + 1) * n]], lengths[j * n : (j + 1) * n])
+    return n, int(lengths.sum())
+
+
+def _write_sft(builders: dict[str, MMapIndexedDatasetBuilder],
+               result: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[int, int]:
+    """One SFT task's tokens and labels (same lengths) into the two outputs."""
+    tokens, labels, lengths = result
+    builders["text"].add_documents(tokens, lengths)
+    builders["label"].add_documents(labels, lengths)
+    return len(lengths), int(lengths.sum())
 
 
 def _skipped(stats: ReadStats) -> str:
@@ -262,7 +387,7 @@ def _print_summary(s: dict[str, Any]) -> None:
           f"{s['megabytes'] / seconds:.2f} MB/s, {s['tokens'] / seconds:.0f} tokens/s)")
     print(f"skipped: {', '.join(f'{k}: {v}' for k, v in sorted(s['skipped'].items())) or 'nothing'}")
     for out in s["outputs"]:
-        print(f"wrote {out}.bin / {out}.idx ({s['dtype']})")
+        print(f"wrote {out}.bin / {out}.idx ({s['dtypes'][out]})")
 
 
 def main(argv: list[str] | None = None) -> int:

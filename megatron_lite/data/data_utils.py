@@ -144,6 +144,8 @@ def _build_blend(
         weights = weights_by_num_documents([len(ds.sizes) for ds in data], alpha)
         logger.info("%s weights by number of documents (alpha %s): %s", split, alpha, weights)
     weights, budgets = normalized_weights_and_num_samples(weights, num_samples)
+    if label_paths:
+        logger.info("%s labels (-100 = no loss) from %s", split, ", ".join(label_paths))
     datasets = []
     for i, (prefix, ds) in enumerate(zip(paths, data)):
         datasets.append(GPT2Dataset(

@@ -10,7 +10,10 @@ whatever the corpus size.
 
 A line that is not valid UTF-8, not valid JSON, or lacks a key (or holds a non-string there) is
 skipped, counted by reason and reported as ``file:line``; with ``strict`` the first one raises
-:class:`InputError`. Empty (whitespace-only) documents are skipped and counted. A missing file,
+:class:`InputError`. Empty (whitespace-only) documents are skipped and counted. A
+:data:`RecordParser` can replace the "a string under each key" rule for records of another shape
+(prompt/completion pairs, chat messages: see :mod:`megatron_lite.data.sft`); it rejects a record
+by raising :class:`BadRecord`, which is counted and reported the same way. A missing file,
 an unknown extension, or a truncated / corrupt ``.zst`` or ``.gz`` raises :class:`InputError`:
 python-zstandard returns whatever it could decode of a cut file without complaint, so frame
 ends are checked here.
@@ -24,9 +27,9 @@ import json
 import os
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from megatron_lite.utils.logging import get_logger
 
@@ -42,18 +45,50 @@ NOT_UTF8 = "not valid UTF-8"
 NOT_JSON = "not valid JSON"
 MISSING_KEY = "missing key"
 EMPTY = "empty document"
+WRONG_TYPE = "wrong type"
+NOTHING_TO_TRAIN = "nothing to train on"
+# Valid records that carry nothing useful: counted, but not fatal under ``strict``.
+_HARMLESS = (EMPTY, NOTHING_TO_TRAIN)
 
 
 class InputError(ValueError):
     """Unusable input (missing, truncated or corrupt file, a bad line under ``strict``)."""
 
 
-class Document(NamedTuple):
-    """One document: its text per key, the file it came from and the line it starts on."""
+class BadRecord(ValueError):
+    """Raised by a :data:`RecordParser` to skip a record: ``reason`` is the count's key (e.g.
+    :data:`MISSING_KEY`), ``detail`` completes the message (``" 'prompt' (a list, not a string)"``)."""
 
-    texts: dict[str, str]
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason + detail)
+        self.reason, self.detail = reason, detail
+
+
+class Document(NamedTuple):
+    """One document: its text per key, the file it came from and the line it starts on.
+
+    With a :data:`RecordParser` ``texts`` is whatever the parser returned (not necessarily text).
+    """
+
+    texts: dict[str, Any]
     path: str
     line: int
+
+
+# A JSON object -> the document's fields; raises BadRecord to skip the line.
+RecordParser = Callable[[dict], dict[str, Any]]
+
+
+def string_fields(keys: list[str]) -> RecordParser:
+    """The default parser: a string under every key (``{key: text}``)."""
+    def parse(record: dict) -> dict[str, Any]:
+        bad = next((k for k in keys if not isinstance(record.get(k), str)), None)
+        if bad is not None:
+            detail = "" if bad not in record else f" (a {type(record[bad]).__name__}, not a string)"
+            raise BadRecord(MISSING_KEY, f" {bad!r}{detail}")
+        return {k: record[k] for k in keys}
+
+    return parse
 
 
 @dataclass
@@ -68,7 +103,7 @@ class ReadStats:
     def skip(self, reason: str, where: str, strict: bool, detail: str = "") -> None:
         """Count a skipped line (``where`` = ``file:line``), warn for the first few; fatal if strict."""
         message = f"{where}: {reason}{detail}"
-        if strict and reason != EMPTY:
+        if strict and reason not in _HARMLESS:
             raise InputError(f"{message} (--strict makes a bad line fatal)")
         self.skipped[reason] += 1
         if self.warned < _MAX_WARNINGS:
@@ -175,8 +210,11 @@ def _decode(raw: bytes, where: str, stats: ReadStats, strict: bool) -> str | Non
         return None
 
 
-def read_jsonl(path: str, keys: list[str], stats: ReadStats, strict: bool) -> Iterator[Document]:
-    """One :class:`Document` per valid line (bad lines counted in ``stats``)."""
+def read_jsonl(path: str, keys: list[str], stats: ReadStats, strict: bool,
+               parse: RecordParser | None = None) -> Iterator[Document]:
+    """One :class:`Document` per valid line (bad lines counted in ``stats``); ``parse`` turns a
+    record into the document's fields (default: :func:`string_fields` of ``keys``)."""
+    parse = parse or string_fields(keys)
     for lineno, raw in enumerate(binary_lines(path), start=1):
         stats.bytes += len(raw) + 1
         if not raw.strip():
@@ -193,12 +231,12 @@ def read_jsonl(path: str, keys: list[str], stats: ReadStats, strict: bool) -> It
         if not isinstance(record, dict):
             stats.skip(NOT_JSON, where, strict, f" object (a JSON {type(record).__name__})")
             continue
-        bad = next((k for k in keys if not isinstance(record.get(k), str)), None)
-        if bad is not None:
-            detail = "" if bad not in record else f" (a {type(record[bad]).__name__}, not a string)"
-            stats.skip(MISSING_KEY, where, strict, f" {bad!r}{detail}")
+        try:
+            fields = parse(record)
+        except BadRecord as exc:
+            stats.skip(exc.reason, where, strict, exc.detail)
             continue
-        yield Document({k: record[k] for k in keys}, path, lineno)
+        yield Document(fields, path, lineno)
 
 
 def read_txt(path: str, keys: list[str], stats: ReadStats, strict: bool, blocks: bool) -> Iterator[Document]:
@@ -237,17 +275,23 @@ def _txt_document(raw: bytes, path: str, line: int, keys: list[str], stats: Read
 
 
 def iter_documents(paths: list[str], keys: list[str], stats: ReadStats, strict: bool = False,
-                   txt_blocks: bool = False) -> Iterator[Document]:
-    """Documents from every input in order; empty ones are counted in ``stats``, not yielded."""
+                   txt_blocks: bool = False, parse: RecordParser | None = None) -> Iterator[Document]:
+    """Documents from every input in order; empty ones are counted in ``stats``, not yielded.
+
+    ``parse`` (records of another shape than a string per key) needs .jsonl inputs.
+    """
     for path in paths:
         if not os.path.isfile(path):
             raise InputError(f"input file not found: {path}")
         if input_kind(path) == "jsonl":
-            docs = read_jsonl(path, keys, stats, strict)
+            docs = read_jsonl(path, keys, stats, strict, parse)
+        elif parse is not None:
+            raise InputError(f"{path}: this mode reads JSON records (.jsonl, .jsonl.zst, .jsonl.gz), not .txt")
         else:
             docs = read_txt(path, keys, stats, strict, txt_blocks)
         for doc in docs:
-            if all(not text.strip() for text in doc.texts.values()):
+            # Non-text fields (a parser's) are never "empty" here: the parser judges those.
+            if all(isinstance(text, str) and not text.strip() for text in doc.texts.values()):
                 stats.skip(EMPTY, f"{doc.path}:{doc.line}", strict)
                 continue
             stats.documents += 1

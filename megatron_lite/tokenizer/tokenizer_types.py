@@ -87,14 +87,20 @@ class _RustTokenizer:
     def tokenize(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=self._add_special_tokens).ids
 
-    def tokenize_batch(self, texts: list[str] | str) -> list[list[int]]:
+    def tokenize_batch(self, texts: list[str] | str,
+                       add_special_tokens: bool | None = None) -> list[list[int]]:
         """Ids of every text, in one call into the Rust encoder (its thread pool unless
-        ``TOKENIZERS_PARALLELISM=false``); same ids as ``tokenize`` one by one."""
+        ``TOKENIZERS_PARALLELISM=false``); same ids as ``tokenize`` one by one.
+
+        ``add_special_tokens=False`` skips the file's post-processor (a BOS it would add, say):
+        supervised data tokenizes a document in pieces and wants such tokens once, not per piece.
+        """
         if isinstance(texts, str):
             texts = [texts]
+        special = self._add_special_tokens if add_special_tokens is None else add_special_tokens
         # encode_batch_fast skips the character offsets (1.5x faster here); same ids.
         encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        return [enc.ids for enc in encode(list(texts), add_special_tokens=self._add_special_tokens)]
+        return [enc.ids for enc in encode(list(texts), add_special_tokens=special)]
 
     def detokenize(self, ids: Any) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=self._skip_special_tokens)
@@ -177,7 +183,9 @@ class CharLevelTokenizer:
     def tokenize(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
-    def tokenize_batch(self, texts: list[str] | str) -> list[list[int]]:
+    def tokenize_batch(self, texts: list[str] | str,
+                       add_special_tokens: bool | None = None) -> list[list[int]]:
+        """UTF-8 bytes of every text (``add_special_tokens``: accepted, nothing to add)."""
         if isinstance(texts, str):
             texts = [texts]
         return [list(t.encode("utf-8")) for t in texts]
