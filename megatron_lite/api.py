@@ -14,7 +14,6 @@ import os
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from megatron_lite.config import config_from_flat, pad_vocab_size
@@ -30,11 +29,11 @@ from megatron_lite.model.hf_interop import (
 from megatron_lite.model.kv_cache import KVCache
 from megatron_lite.tokenizer import build_tokenizer_from
 from megatron_lite.training.checkpoint_format import (
-    CONFIG_FILE,
     TOKENIZER_DIR,
     CheckpointError,
     read_full_state_dict,
     read_meta,
+    read_step_config,
     resolve_step_dir,
 )
 from megatron_lite.utils.logging import get_logger
@@ -108,11 +107,7 @@ def _checkpoint_tokenizer(step: str, flat: dict[str, Any]) -> Any:
 
 def _checkpoint_model(path: str, iteration: int | None) -> Loaded:
     step = resolve_step_dir(path, iteration)
-    config_path = os.path.join(step, CONFIG_FILE)
-    if not os.path.isfile(config_path):
-        raise CheckpointError(f"{step} has no {CONFIG_FILE}: cannot tell the model's shape")
-    with open(config_path, encoding="utf-8") as handle:
-        flat = yaml.safe_load(handle)
+    flat = read_step_config(step)
     cfg = config_from_flat(flat)  # the saved, already resolved values (padded vocab included)
     tokenizer = _checkpoint_tokenizer(step, flat)
     full = read_full_state_dict(step, glu=cfg.model.activation in ("swiglu", "geglu"))

@@ -28,6 +28,8 @@ from megatron_lite.training.checkpoint_format import (  # noqa: E402
     CONFIG_FILE,
     TOKENIZER_DIR,
     CheckpointError,
+    check_output_outside,
+    replace_dir_when_done,
     resolve_step_dir,
 )
 
@@ -72,32 +74,16 @@ def write_tokenizer(step: str, out: str, tokenizer) -> str:
     return "tokenizer.json + tokenizer_config.json"
 
 
-def _check_paths(input_dir: str, output_dir: str) -> None:
-    """The output replaces whatever is at output_dir: never the checkpoint itself."""
-    src, dst = os.path.realpath(input_dir), os.path.realpath(output_dir)
-    if dst == src or src.startswith(dst + os.sep) or dst.startswith(src + os.sep):
-        raise ValueError(f"--output_dir {output_dir} must lie outside --input_dir {input_dir}")
-
-
 def convert(input_dir: str, output_dir: str, iteration: int | None) -> str:
     """Write the HF directory; returns a one-line description of what was written."""
-    _check_paths(input_dir, output_dir)
+    check_output_outside(input_dir, output_dir)
     step = resolve_step_dir(input_dir, iteration)
     cfg, full, tokenizer, vocab = load_weights(step)
     check_exportable(cfg)  # before writing anything
-    tmp = output_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    with replace_dir_when_done(output_dir) as tmp:
         save_hf_model(cfg, full, vocab, tmp, eod=getattr(tokenizer, "eod", None),
                       pad=getattr(tokenizer, "pad", None))
         tok_note = write_tokenizer(step, tmp, tokenizer)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.exists(output_dir):
-        shutil.rmtree(output_dir)
-    os.replace(tmp, output_dir)
     return f"{cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {vocab}; {tok_note}"
 
 

@@ -11,6 +11,10 @@ A checkpoint directory (``save``/``load``) is DeepSpeed's layout plus our metada
         tokenizer/                                 copies of the tokenizer files
         megatron_lite.json                         iteration, consumed samples, layout, format
 
+A weights-only checkpoint (``write_weights_checkpoint``: converted, resharded) has no optimizer
+or RNG files and says so in ``megatron_lite.json`` (``weights_only``); ``load`` resumes it with
+its iteration and consumed samples but a fresh optimizer.
+
 Weights are read with ``torch.load(weights_only=True)`` only (no arbitrary unpickling), merged
 across tensor-parallel shards and pipeline layers into one full ``GPTModel`` state dict (the
 tp = 1 names), so any layout loads into any other.
@@ -23,6 +27,8 @@ import os
 import re
 import shutil
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +57,8 @@ class CheckpointMeta:
     pipe_parallel_size: int
     format: int = FORMAT_VERSION
     vocab_size: int | None = None  # the real vocabulary (rows past it are padding)
+    # No optimizer/RNG states (converted or resharded): resuming it starts a fresh optimizer.
+    weights_only: bool = False
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -132,13 +140,18 @@ def _check_complete(step_dir: str, shards: dict[str, dict[int, torch.Tensor]]) -
 
 def read_num_layers(step_dir: str) -> int:
     """num_layers from the checkpoint's config.yml (needed to name pipeline layer files)."""
+    return int(read_step_config(step_dir, "cannot map its pipeline layer files")["num_layers"])
+
+
+def read_step_config(step_dir: str, why: str = "cannot tell the model's shape") -> dict[str, Any]:
+    """The flat config.yml saved with a step (the run's resolved config)."""
     import yaml
 
     path = os.path.join(step_dir, CONFIG_FILE)
     if not os.path.isfile(path):
-        raise CheckpointError(f"{step_dir} has no {CONFIG_FILE}: cannot map its pipeline layer files")
+        raise CheckpointError(f"{step_dir} has no {CONFIG_FILE}: {why}")
     with open(path, encoding="utf-8") as handle:
-        return int(yaml.safe_load(handle)["num_layers"])
+        return yaml.safe_load(handle)
 
 
 def shard_state_dict(full: dict[str, torch.Tensor], tp: int, tp_rank: int, glu: bool) -> dict[str, torch.Tensor]:
@@ -155,24 +168,44 @@ def write_weights_checkpoint(
     iteration: int = 0,
     tokenizer_files: list[str] | None = None,
     vocab_size: int | None = None,
+    pipe_parallel_size: int = 0,
+    consumed_train_samples: int = 0,
 ) -> str:
-    """A weights-only checkpoint (pipe_parallel_size 0 layout) that ``finetune``/``load_model``
-    read; written to a temporary directory and renamed, then ``latest`` moved atomically."""
+    """A weights-only checkpoint in the layout the trainer writes for this tp/pp (mp_rank files
+    for pipe_parallel_size 0, pipeline layer files otherwise), which ``finetune``, ``load_model``
+    and a resuming ``load`` read; written to a temporary directory and renamed, then ``latest``
+    moved atomically."""
     step = os.path.join(save_dir, step_dir_name(iteration))
     tmp = step + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     for rank in range(model_parallel_size):
         shard = shard_state_dict(full, model_parallel_size, rank, glu)
-        torch.save({"module": shard, "mp_world_size": model_parallel_size, "iteration": iteration},
-                   os.path.join(tmp, f"mp_rank_{rank:02d}_model_states.pt"))
-    finish_step_dir(tmp, config_yaml, tokenizer_files,
-                    CheckpointMeta(iteration, 0, model_parallel_size, 0, vocab_size=vocab_size))
+        if pipe_parallel_size >= 1:
+            _write_layer_files(shard, tmp, rank)
+        else:
+            torch.save({"module": shard, "mp_world_size": model_parallel_size, "iteration": iteration},
+                       os.path.join(tmp, f"mp_rank_{rank:02d}_model_states.pt"))
+    meta = CheckpointMeta(iteration, consumed_train_samples, model_parallel_size, pipe_parallel_size,
+                          vocab_size=vocab_size, weights_only=True)
+    finish_step_dir(tmp, config_yaml, tokenizer_files, meta)
     if os.path.exists(step):
         shutil.rmtree(step)
     os.replace(tmp, step)
     write_latest(save_dir, iteration)
     return step
+
+
+def _write_layer_files(shard: dict[str, torch.Tensor], step_dir: str, tp_rank: int) -> None:
+    """One tp rank's weights as DeepSpeed's PipelineModule saves them: a file per layer index,
+    keys relative to the layer. File names carry no stage, so they fit any pipeline size; a
+    tied head has no file (it is the embedding)."""
+    num_layers = 1 + max(int(m[1]) for key in shard if (m := re.match(r"layers\.(\d+)\.", key)))
+    for index in range(num_layers + 3):
+        prefix = pipeline_index_to_prefix(index, num_layers)
+        part = {key[len(prefix):]: value for key, value in shard.items() if key.startswith(prefix)}
+        if part:
+            torch.save(part, os.path.join(step_dir, f"layer_{index:02d}-model_{tp_rank:02d}-model_states.pt"))
 
 
 def finish_step_dir(step_dir: str, config_yaml: str, tokenizer_files: list[str] | None,
@@ -198,3 +231,28 @@ def write_latest(save_dir: str, iteration: int) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, os.path.join(save_dir, "latest"))
+
+
+def check_output_outside(input_dir: str, output_dir: str) -> None:
+    """A tool's output replaces whatever is at ``output_dir``: never the input, nor a directory
+    inside it or around it."""
+    src, dst = os.path.realpath(input_dir), os.path.realpath(output_dir)
+    if dst == src or src.startswith(dst + os.sep) or dst.startswith(src + os.sep):
+        raise ValueError(f"--output_dir {output_dir} must lie outside --input_dir {input_dir}")
+
+
+@contextmanager
+def replace_dir_when_done(output_dir: str) -> Iterator[str]:
+    """Yield ``<output_dir>.tmp`` to write into; on success it replaces ``output_dir``, on any
+    failure it is removed: a reader never sees a half-written output."""
+    tmp = output_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(output_dir):
+        shutil.rmtree(output_dir)
+    os.replace(tmp, output_dir)

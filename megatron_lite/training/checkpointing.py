@@ -7,7 +7,9 @@ completeness mark), and only then moves ``latest`` (atomically). A crash at any 
 written before DeepSpeed's final barrier, with a plain write.
 
 Resume (``load``): weights, optimizer, LR schedule (DeepSpeed), RNG states and consumed
-samples (ours). Fine-tune (``finetune: true``): weights only, read with
+samples (ours). A weights-only checkpoint (resharded or converted: no optimizer states for any
+layout) resumes its weights (any layout), iteration, consumed samples and LR schedule position,
+with a fresh optimizer. Fine-tune (``finetune: true``): weights only, read with
 ``torch.load(weights_only=True)`` from any layout, iteration 0, fresh optimizer.
 """
 
@@ -90,6 +92,18 @@ def _rotate(save_dir: str, keep_last: int | None, keep: str) -> None:
             shutil.rmtree(os.path.join(save_dir, name), ignore_errors=True)
 
 
+def resumes_weights_only(cfg: Config) -> bool:
+    """True when ``load`` (not fine-tuning) points at a weights-only checkpoint: its weights
+    must then go into the module before DeepSpeed wraps it, as for ``finetune``."""
+    ck = cfg.checkpoint
+    if not ck.load or ck.finetune:
+        return False
+    try:
+        return read_meta(resolve_step_dir(ck.load, ck.iteration)).weights_only
+    except CheckpointError:
+        return False  # nothing to resume, or an error load_for_resume reports
+
+
 def load_for_resume(engine: Any, cfg: Config) -> tuple[int, int]:
     """Resume from ``load``: returns (iteration, consumed samples); (0, 0) when nothing to load."""
     ck = cfg.checkpoint
@@ -101,6 +115,8 @@ def load_for_resume(engine: Any, cfg: Config) -> tuple[int, int]:
             return 0, 0
         raise
     meta = read_meta(step_dir)
+    if meta.weights_only:
+        return _resume_weights_only(engine, step_dir, meta)
     layout = (cfg.parallel.model_parallel_size, cfg.parallel.pipe_parallel_size)
     if (meta.model_parallel_size, meta.pipe_parallel_size) != layout:
         raise CheckpointError(
@@ -119,6 +135,19 @@ def load_for_resume(engine: Any, cfg: Config) -> tuple[int, int]:
         _restore_rng(step_dir)
     logger.info("resumed from %s (iteration %d)", step_dir, meta.iteration)
     return int(client["iteration"]), int(client["consumed_train_samples"])
+
+
+def _resume_weights_only(engine: Any, step_dir: str, meta: CheckpointMeta) -> tuple[int, int]:
+    """The weights are already in (``load_model_weights``); carry on the iteration count, the
+    data position and the LR schedule (a function of the iteration), not the optimizer."""
+    logger.warning(
+        "%s holds weights only (resharded or converted): resuming at iteration %d (%d samples "
+        "consumed) with a FRESH optimizer state (Adam moments restart from zero) and fresh RNG "
+        "states; the LR schedule continues from iteration %d", step_dir, meta.iteration,
+        meta.consumed_train_samples, meta.iteration)
+    if engine.lr_scheduler is not None:
+        engine.lr_scheduler.step(meta.iteration)
+    return meta.iteration, meta.consumed_train_samples
 
 
 def _restore_rng(step_dir: str) -> None:

@@ -33,6 +33,7 @@ from megatron_lite.training import steps
 from megatron_lite.training.checkpointing import (
     load_for_resume,
     load_model_weights,
+    resumes_weights_only,
     save_checkpoint,
 )
 from megatron_lite.training.lr_schedule import AnnealingLR
@@ -129,7 +130,7 @@ class Trainer:
         cfg = self.cfg
         log_model_size(cfg.model)
         module = self._build_module()
-        if cfg.checkpoint.finetune:
+        if cfg.checkpoint.finetune or resumes_weights_only(cfg):
             load_model_weights(module, cfg, self.state.tp_rank, self.pipelined)
         if cfg.training.compile:
             module.compile()
