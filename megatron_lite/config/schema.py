@@ -196,12 +196,16 @@ class GenerationConfig:
 class EvaluationConfig:
     """lm-evaluation-harness and reference metrics (evaluate.py)."""
 
-    eval_tasks: list | None = f(None, "lm-eval task names (also --eval_tasks).")
-    eval_num_fewshot: int = f(0, "Few-shot examples per task.")
-    eval_limit: int | None = f(None, "Evaluate at most this many examples per task.")
-    eval_batch_size: int = f(8, "Requests per forward pass.")
-    eval_include_path: str | None = f(None, "Directory of extra lm-eval task YAMLs.")
-    eval_results_prefix: str = f("eval_results", "File name prefix of the results JSON.")
+    eval_tasks: list | None = f(None, "Tasks for evaluate.py: lm-eval task names, perplexity, bleu_rouge (also --eval_tasks).")
+    eval_num_fewshot: int | None = f(None, "Few-shot examples per task (None = the task's default; also --num_fewshot).")
+    eval_limit: int | None = f(None, "Evaluate at most this many examples (documents, records) per task (also --limit).")
+    eval_batch_size: int = f(8, "Requests per forward pass (also --batch_size).")
+    eval_include_path: str | None = f(None, "Directory of extra lm-eval task YAMLs (also --include_path).")
+    eval_results_prefix: str = f("eval_results", "File name prefix of the results JSON in log_dir.")
+    eval_log_samples: bool = f(False, "Write every request and model response to samples_<task>.jsonl in the run directory.")
+    eval_bootstrap_iters: int = f(100000, "Bootstrap iterations for lm-eval's standard errors (0 = none).")
+    eval_perplexity_data: str | None = f(None, "Corpus of the perplexity task: a dataset prefix (.bin/.idx) or a .jsonl/.txt file.")
+    eval_references_file: str | None = f(None, "Reference set of the bleu_rouge task: .jsonl of {prompt, reference} records.")
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,10 @@ class _Stops:
     """End-of-document and stop-string bookkeeping for a batch."""
 
     def __init__(self, tokenizer: Any, eod: int | None, stop_strings: tuple[str, ...], batch: int) -> None:
-        self.tokenizer, self.eod, self.stop_strings = tokenizer, eod, stop_strings
+        # An empty stop string would match at once (e.g. an end-of-document token that decodes
+        # to ""): it stops nothing; the end-of-document token itself is checked by id.
+        self.tokenizer, self.eod = tokenizer, eod
+        self.stop_strings = tuple(s for s in stop_strings if s)
         self.done = [False] * batch
 
     def update(self, row: int, generated: list[int]) -> None:

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("configs", nargs="+", help="YAML configs, merged left to right")
     parser.add_argument("--eval_tasks", nargs="+", default=None, help="lm-eval tasks (evaluate.py)")
     parser.add_argument("--include_path", default=None, help="extra lm-eval task YAMLs (evaluate.py)")
+    parser.add_argument("--num_fewshot", type=int, default=None, help="few-shot examples (evaluate.py)")
+    parser.add_argument("--limit", type=int, default=None, help="examples per task (evaluate.py)")
+    parser.add_argument("--batch_size", type=int, default=None, help="requests per forward (evaluate.py)")
     parser.add_argument("-i", "--sample_input_file", default=None, help="prompt file (generate.py)")
     parser.add_argument("-o", "--sample_output_file", default=None, help="output JSONL (generate.py)")
     parser.add_argument("-H", "--hostfile", default=None, help="DeepSpeed hostfile")
@@ -65,6 +68,9 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {
         "eval_tasks": args.eval_tasks,
         "eval_include_path": args.include_path,
+        "eval_num_fewshot": args.num_fewshot,
+        "eval_limit": args.limit,
+        "eval_batch_size": args.batch_size,
         "sample_input_file": args.sample_input_file,
         "sample_output_file": args.sample_output_file,
         "hostfile": args.hostfile,
@@ -108,10 +114,29 @@ def check_inputs(cfg: Config, script: str) -> None:
                     _require_prefix(prefix, key)
         if cfg.checkpoint.finetune and not os.path.isdir(cfg.checkpoint.load):
             raise LaunchError(f"finetune: load directory {cfg.checkpoint.load} not found")
+    if name == "evaluate.py":
+        _check_evaluation_inputs(cfg)
     gen = cfg.generation
     if name == "generate.py" and gen.text_gen_type == "input-file":
         if not gen.sample_input_file or not os.path.isfile(gen.sample_input_file):
             raise LaunchError(f"sample_input_file: {gen.sample_input_file} not found (-i FILE)")
+
+
+def _check_evaluation_inputs(cfg: Config) -> None:
+    ev = cfg.evaluation
+    if not ev.eval_tasks:
+        raise LaunchError("evaluate.py: no tasks; pass --eval_tasks T [T ...] or set eval_tasks "
+                          "(lm-eval task names, perplexity, bleu_rouge)")
+    if not cfg.checkpoint.load or not os.path.isdir(cfg.checkpoint.load):
+        raise LaunchError(f"load: checkpoint directory {cfg.checkpoint.load} not found (the model to evaluate)")
+    if ev.eval_include_path and not os.path.isdir(ev.eval_include_path):
+        raise LaunchError(f"eval_include_path: {ev.eval_include_path} is not a directory (--include_path)")
+    if "perplexity" in ev.eval_tasks:
+        data = ev.eval_perplexity_data
+        if not data or not (os.path.isfile(data) or os.path.isfile(data + ".idx")):
+            raise LaunchError(f"eval_perplexity_data: {data} not found (a dataset prefix or a .jsonl/.txt file)")
+    if "bleu_rouge" in ev.eval_tasks and not (ev.eval_references_file and os.path.isfile(ev.eval_references_file)):
+        raise LaunchError(f"eval_references_file: {ev.eval_references_file} not found (a .jsonl of prompt/reference records)")
 
 
 def make_run_dir(cfg: Config, script: str) -> str:

@@ -1,0 +1,134 @@
+"""evaluate.py's body: lm-eval tasks, perplexity and BLEU/ROUGE on a checkpoint.
+
+Every rank loads the model (tensor-parallel shards; pipeline stages are merged, as for
+generation) and runs every request: the forward is collective across the tensor-parallel
+group, so all ranks move in lockstep. Global rank 0 writes ``<log_dir>/<prefix>_<time>.json``
+in lm-eval's results layout, prints the table, and sends the numbers to metrics.jsonl,
+TensorBoard and wandb when they are enabled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import torch.distributed as dist
+
+from megatron_lite.config import Config
+from megatron_lite.evaluation.lm_adapter import MegatronLiteLM
+from megatron_lite.evaluation.perplexity import EvaluationError
+from megatron_lite.evaluation.tasks import TaskPlan, evaluate_tasks
+from megatron_lite.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+def model_vocab_size(cfg: Config, tokenizer: Any) -> tuple[int, int]:
+    """(vocabulary the model's softmax covers, checkpoint iteration) of ``load``: a Hugging Face
+    directory's ``vocab_size``, else what the checkpoint recorded, else the tokenizer's."""
+    from megatron_lite.model.hf_interop import is_hf_dir
+    from megatron_lite.training.checkpoint_format import read_meta, resolve_step_dir
+
+    source = cfg.checkpoint.load
+    if is_hf_dir(source):
+        with open(os.path.join(source, "config.json"), encoding="utf-8") as handle:
+            return int(json.load(handle)["vocab_size"]), 0
+    meta = read_meta(resolve_step_dir(source, cfg.checkpoint.iteration))
+    return meta.vocab_size or tokenizer.vocab_size, meta.iteration
+
+
+def results_path(cfg: Config) -> str:
+    root = cfg.logging.log_dir or "runs"
+    return os.path.join(root, f"{cfg.evaluation.eval_results_prefix}_{time.strftime('%Y%m%d-%H%M%S')}.json")
+
+
+def write_results(path: str, results: dict[str, Any]) -> None:
+    """Atomically (temporary name, then rename): a crash never leaves a partial results file."""
+    from lm_eval.utils import handle_non_serializable
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2, default=handle_non_serializable, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+    """One JSON object per line, written atomically like the results file."""
+    from lm_eval.utils import handle_non_serializable
+
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, default=handle_non_serializable, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def metric_record(results: dict[str, Any]) -> dict[str, Any]:
+    """Flat ``{"split": "eval", "<task>/<metric>": value}`` for metrics.jsonl / TensorBoard / wandb."""
+    record: dict[str, Any] = {"split": "eval"}
+    for task, metrics in results.get("results", {}).items():
+        for key, value in metrics.items():
+            name = key.split(",")[0]
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not name.endswith("_stderr"):
+                record[f"{task}/{name}"] = value
+    return record
+
+
+def _sampling(cfg: Config) -> dict[str, Any]:
+    g = cfg.generation
+    return {"max_new_tokens": g.maximum_tokens, "temperature": g.temperature, "top_k": g.top_k,
+            "top_p": g.top_p, "stop_strings": g.stop_strings, "seed": cfg.training.seed}
+
+
+def report(cfg: Config, run_dir: str, results: dict[str, Any], samples: list[dict], iteration: int) -> str:
+    """Rank 0: the results file, per-task samples (bleu_rouge always, lm-eval tasks with
+    ``eval_log_samples``), the table, the metric sinks."""
+    from lm_eval.utils import make_table
+
+    from megatron_lite.training.metrics import MetricsWriter
+
+    path = results_path(cfg)
+    per_task = results.pop("samples", None) or {}
+    if samples:
+        per_task["bleu_rouge"] = samples
+    write_results(path, results)
+    for task, records in per_task.items():
+        write_jsonl(os.path.join(run_dir, f"samples_{task}.jsonl"), records)
+    writer = MetricsWriter(cfg, run_dir, rank=0)
+    writer.write({"iteration": iteration, **metric_record(results)}, step=iteration)
+    writer.close()
+    print(make_table(results), flush=True)
+    logger.info("wrote %s", path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from megatron_lite.inference.main import GenerationError, build_model
+    from megatron_lite.parallel.random import seed_everything
+    from megatron_lite.tokenizer import build_tokenizer
+    from megatron_lite.training.checkpoint_format import CheckpointError
+    from megatron_lite.utils.distributed import device_for, finish_worker, start_worker
+
+    args, state = start_worker(argv)
+    cfg = args.cfg
+    seed_everything(cfg.training.seed, state.tp_rank)
+    rank0 = dist.get_rank() == 0
+    try:
+        plan = TaskPlan(cfg)  # task names and data first: no model time spent on a typo
+        tokenizer = build_tokenizer(cfg.tokenizer)
+        model = build_model(cfg, state, device_for(args.local_rank))
+        vocab, iteration = model_vocab_size(cfg, tokenizer)
+        lm = MegatronLiteLM(model, tokenizer, vocab, batch_size=cfg.evaluation.eval_batch_size,
+                            seed=cfg.training.seed, show_progress=rank0)
+        results, samples = evaluate_tasks(lm, cfg, plan, _sampling(cfg))
+        if rank0:
+            report(cfg, args.run_dir, results, samples, iteration)
+        code = 0
+    except (EvaluationError, GenerationError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        logger.error("%s", exc)
+        code = 1
+    finish_worker(code)
+    return code  # not reached
