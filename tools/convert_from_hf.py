@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import shutil
 import sys
 
@@ -35,6 +34,7 @@ from megatron_lite.model.hf_interop import (  # noqa: E402
 )
 from megatron_lite.tokenizer import build_tokenizer_from, vocab_size_of  # noqa: E402
 from megatron_lite.training.checkpoint_format import write_weights_checkpoint  # noqa: E402
+from megatron_lite.utils.cli import run_reporting_errors  # noqa: E402
 
 # HF tokenizer files -> (our tokenizer_type, the config keys they fill), first match wins.
 _TOKENIZER_FILES = (("HFTokenizer", ("tokenizer.json",)), ("GPT2BPETokenizer", ("vocab.json", "merges.txt")))
@@ -131,14 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.model_parallel_size < 1:
         p.error("--model_parallel_size must be >= 1")
-    try:
-        path, has_tokenizer = convert(args.input_dir, args.output_dir, args.model_parallel_size)
-    except KeyError as exc:
-        print(f"convert_from_hf.py: error: config.json lacks {exc}", file=sys.stderr)
+    ok, result = run_reporting_errors("convert_from_hf.py", "config.json",
+                                      lambda: convert(args.input_dir, args.output_dir, args.model_parallel_size),
+                                      (UnsupportedForHF,))
+    if not ok:
         return 1
-    except (UnsupportedForHF, OSError, ValueError, pickle.UnpicklingError) as exc:
-        print(f"convert_from_hf.py: error: {exc}", file=sys.stderr)
-        return 1
+    path, has_tokenizer = result
     print(f"wrote checkpoint {args.output_dir} and its config {path}")
     if not has_tokenizer:
         print("note: no tokenizer was converted: set vocab_file in the config before running")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import shutil
 import sys
 
@@ -32,6 +31,7 @@ from megatron_lite.training.checkpoint_format import (  # noqa: E402
     replace_dir_when_done,
     resolve_step_dir,
 )
+from megatron_lite.utils.cli import run_reporting_errors  # noqa: E402
 
 
 def _tokenizer_json(step: str, flat: dict, tokenizer, out_path: str) -> bool:
@@ -97,13 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one summary line instead of a progress bar per file
-    try:
-        note = convert(args.input_dir, args.output_dir, args.iteration)
-    except KeyError as exc:
-        print(f"convert_to_hf.py: error: the checkpoint's config lacks {exc}", file=sys.stderr)
-        return 1
-    except (CheckpointError, UnsupportedForHF, OSError, ValueError, pickle.UnpicklingError) as exc:
-        print(f"convert_to_hf.py: error: {exc}", file=sys.stderr)
+    ok, note = run_reporting_errors("convert_to_hf.py", "the checkpoint's config",
+                                    lambda: convert(args.input_dir, args.output_dir, args.iteration),
+                                    (CheckpointError, UnsupportedForHF))
+    if not ok:
         return 1
     print(f"wrote {args.output_dir} (GPTNeoXForCausalLM: {note})")
     return 0

@@ -5,7 +5,9 @@
 2. train a 4096-token byte-level BPE tokenizer on it;
 3. preprocess it into .bin/.idx;
 4. train configs/demo.yml for a few minutes (on the GPU when there is one);
-5. generate a continuation of a prompt from the saved checkpoint.
+5. generate a continuation of a prompt from the saved checkpoint;
+6. evaluate it: perplexity on held-out text (this repository's own Python source, which the
+   model never saw), through evaluate.py.
 Everything lands under ``demo/`` (override with DEMO_DIR); rerunning reuses finished steps.
 """
 
@@ -36,17 +38,18 @@ def main() -> int:
     os.makedirs(WORK, exist_ok=True)
     corpus, tokenizer = os.path.join(WORK, "stdlib.jsonl.zst"), os.path.join(WORK, "tokenizer.json")
     prefix = os.path.join(WORK, "stdlib")
-    step("1/5 sample corpus", [PY, f"{REPO}/tools/make_sample_corpus.py", "--output", corpus], corpus)
-    step("2/5 tokenizer", [PY, f"{REPO}/tools/train_tokenizer.py", "--input", corpus,
+    step("1/6 sample corpus", [PY, f"{REPO}/tools/make_sample_corpus.py", "--output", corpus], corpus)
+    step("2/6 tokenizer", [PY, f"{REPO}/tools/train_tokenizer.py", "--input", corpus,
                            "--vocab-size", "4096", "--output", tokenizer], tokenizer)
-    step("3/5 preprocess", [PY, f"{REPO}/tools/preprocess_data.py", "--input", corpus, "--output-prefix", prefix,
+    step("3/6 preprocess", [PY, f"{REPO}/tools/preprocess_data.py", "--input", corpus, "--output-prefix", prefix,
                             "--tokenizer-type", "HFTokenizer", "--vocab-file", tokenizer, "--append-eod",
                             "--workers", "2"], prefix + "_text_document.idx")
     paths = {"data_path": prefix + "_text_document", "vocab_file": tokenizer,
              "save": os.path.join(WORK, "checkpoints"), "load": os.path.join(WORK, "checkpoints"),
              "log_dir": os.path.join(WORK, "logs"), "tensorboard_dir": os.path.join(WORK, "tensorboard"),
              "sample_input_file": os.path.join(WORK, "prompts.txt"),
-             "sample_output_file": os.path.join(WORK, "samples.jsonl")}
+             "sample_output_file": os.path.join(WORK, "samples.jsonl"),
+             "eval_perplexity_data": os.path.join(WORK, "heldout.jsonl"), "eval_bootstrap_iters": 0}
     if _has_gpu():
         paths.update(bf16={"enabled": True}, train_micro_batch_size_per_gpu=32, train_iters=2000)
     local = os.path.join(WORK, "local_setup.yml")
@@ -54,9 +57,13 @@ def main() -> int:
         json.dump(paths, handle, indent=2)
     with open(paths["sample_input_file"], "w") as handle:
         handle.write("def read_config(path):\nclass Cache:\n")
-    step("4/5 train", [PY, f"{REPO}/deepy.py", f"{REPO}/train.py", f"{REPO}/configs/demo.yml", local],
+    step("4/6 train", [PY, f"{REPO}/deepy.py", f"{REPO}/train.py", f"{REPO}/configs/demo.yml", local],
          os.path.join(paths["save"], "latest"))
-    step("5/5 generate", [PY, f"{REPO}/deepy.py", f"{REPO}/generate.py", f"{REPO}/configs/demo.yml", local])
+    step("5/6 generate", [PY, f"{REPO}/deepy.py", f"{REPO}/generate.py", f"{REPO}/configs/demo.yml", local])
+    heldout = _write_heldout(os.path.join(WORK, "heldout.jsonl"))
+    step("6/6 evaluate", [PY, f"{REPO}/deepy.py", f"{REPO}/evaluate.py", f"{REPO}/configs/demo.yml", local,
+                          "--eval_tasks", "perplexity"])
+    print(f"   (perplexity of {os.path.relpath(heldout, REPO)}; results in {paths['log_dir']}/eval_results_*.json)")
     print("\nSamples:")
     with open(paths["sample_output_file"]) as handle:
         for line in handle:
@@ -67,6 +74,18 @@ def main() -> int:
     print(f"logs:       {paths['log_dir']} (metrics.jsonl, rank0.log; TensorBoard: {paths['tensorboard_dir']})")
     print(f"next:       python tools/convert_to_hf.py --input_dir {paths['save']} --output_dir {WORK}/hf")
     return 0
+
+
+def _write_heldout(path: str) -> str:
+    """This repository's own modules as JSON lines: Python the model never trained on."""
+    src = os.path.join(REPO, "megatron_lite")
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        for folder, _, files in sorted(os.walk(src)):
+            for name in sorted(f for f in files if f.endswith(".py")):
+                with open(os.path.join(folder, name), encoding="utf-8") as module:
+                    handle.write(json.dumps({"text": module.read()}) + "\n")
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def _has_gpu() -> bool:

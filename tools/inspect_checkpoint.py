@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from megatron_lite.training.checkpoint_format import (  # noqa: E402
     read_step_config,
     resolve_step_dir,
 )
+from megatron_lite.utils.cli import run_reporting_errors  # noqa: E402
 
 ESSENTIALS = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "intermediate_size",
               "seq_length", "max_position_embeddings", "pos_emb", "rotary_pct", "norm", "activation",
@@ -169,15 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("other", nargs="?", help="a second checkpoint: show the differences")
     p.add_argument("--iteration", type=int, default=None, help="step to read (default: latest)")
     args = p.parse_intermixed_args(argv)  # `A --iteration N B` too
-    try:
-        first = read_checkpoint(args.checkpoint, args.iteration)
-        second = read_checkpoint(args.other, args.iteration) if args.other else None
-    except KeyError as exc:
-        print(f"inspect_checkpoint.py: error: the checkpoint's config lacks {exc}", file=sys.stderr)
+    ok, pair = run_reporting_errors(
+        "inspect_checkpoint.py", "the checkpoint's config",
+        lambda: (read_checkpoint(args.checkpoint, args.iteration),
+                 read_checkpoint(args.other, args.iteration) if args.other else None),
+        (CheckpointError,))
+    if not ok:
         return 1
-    except (CheckpointError, OSError, ValueError, pickle.UnpicklingError) as exc:
-        print(f"inspect_checkpoint.py: error: {exc}", file=sys.stderr)
-        return 1
+    first, second = pair
     if second is None:
         print("\n".join(summary_lines(first) + [""] + parameter_lines(first)))
     else:

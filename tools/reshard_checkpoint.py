@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import sys
 from typing import Any
 
@@ -42,6 +41,7 @@ from megatron_lite.training.checkpoint_format import (  # noqa: E402
     write_weights_checkpoint,
 )
 from megatron_lite.training.checkpointing import fit_vocab_rows  # noqa: E402
+from megatron_lite.utils.cli import run_reporting_errors  # noqa: E402
 
 # Values derived from the old run's world size: re-derived for the new layout.
 _WORLD_DERIVED = ("global_num_gpus", "data_parallel_size", "padded_vocab_size")
@@ -127,14 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--model_parallel_size must be >= 1, got {args.model_parallel_size}")
     if args.pipe_parallel_size < 0:
         p.error(f"--pipe_parallel_size must be >= 0, got {args.pipe_parallel_size}")
-    try:
-        step = reshard(args.input_dir, args.output_dir, args.model_parallel_size, args.pipe_parallel_size,
-                       args.iteration, args.force)
-    except KeyError as exc:
-        print(f"reshard_checkpoint.py: error: the checkpoint's config lacks {exc}", file=sys.stderr)
-        return 1
-    except (CheckpointError, ConfigError, OSError, ValueError, pickle.UnpicklingError) as exc:
-        print(f"reshard_checkpoint.py: error: {exc}", file=sys.stderr)
+    ok, step = run_reporting_errors(
+        "reshard_checkpoint.py", "the checkpoint's config",
+        lambda: reshard(args.input_dir, args.output_dir, args.model_parallel_size, args.pipe_parallel_size,
+                        args.iteration, args.force),
+        (CheckpointError, ConfigError))
+    if not ok:
         return 1
     meta = read_meta(step)
     print(f"wrote {step}: model_parallel_size {meta.model_parallel_size}, pipe_parallel_size "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(cfg, state, device_for(args.local_rank))
         vocab, iteration = model_vocab_size(cfg, tokenizer)
         lm = MegatronLiteLM(model, tokenizer, vocab, batch_size=cfg.evaluation.eval_batch_size,
-                            seed=cfg.training.seed, show_progress=rank0)
+                            seed=cfg.training.seed, show_progress=rank0 and sys.stderr.isatty())
         results, samples = evaluate_tasks(lm, cfg, plan, _sampling(cfg))
         if rank0:
             report(cfg, args.run_dir, results, samples, iteration)

@@ -98,3 +98,14 @@ def test_long_prompt_is_left_truncated_with_a_warning(caplog):
     model, tok = tiny_model(), ByteTokenizer()
     [gen] = generate_records(model, tok, ["y" * 200], max_new_tokens=8)
     assert len(gen.prompt_tokens) == 40 and len(gen.tokens) == 8
+
+
+def test_empty_stop_string_stops_nothing():
+    # lm-eval adds the end-of-document token's text to a task's stop strings; a tokenizer that
+    # decodes it to "" must not end every generation before its first token.
+    model, tok = tiny_model(), ByteTokenizer()
+    plain = generate_records(model, tok, PROMPTS, batch_size=4, max_new_tokens=6, seed=1)
+    with_empty = generate_records(model, tok, PROMPTS, batch_size=4, max_new_tokens=6, seed=1,
+                                  stop_strings=["", "\x00never"])
+    assert [g.tokens for g in with_empty] == [g.tokens for g in plain]
+    assert all(len(g.tokens) == 6 for g in with_empty)
