@@ -6,8 +6,8 @@
 3. preprocess it into .bin/.idx;
 4. train configs/demo.yml for a few minutes (on the GPU when there is one);
 5. generate a continuation of a prompt from the saved checkpoint;
-6. evaluate it: perplexity on held-out text (this repository's own Python source, which the
-   model never saw), through evaluate.py.
+6. evaluate it through evaluate.py on held-out text (this repository's own Python source, which
+   the model never saw): perplexity, and BLEU/ROUGE of docstrings generated for ``def`` lines.
 Everything lands under ``demo/`` (override with DEMO_DIR); rerunning reuses finished steps.
 """
 
@@ -60,10 +60,14 @@ def main() -> int:
     step("4/6 train", [PY, f"{REPO}/deepy.py", f"{REPO}/train.py", f"{REPO}/configs/demo.yml", local],
          os.path.join(paths["save"], "latest"))
     step("5/6 generate", [PY, f"{REPO}/deepy.py", f"{REPO}/generate.py", f"{REPO}/configs/demo.yml", local])
-    heldout = _write_heldout(os.path.join(WORK, "heldout.jsonl"))
+    heldout = _write_heldout(os.path.join(WORK, "heldout.jsonl"), os.path.join(WORK, "references.jsonl"))
+    eval_cfg = os.path.join(WORK, "eval.yml")
+    with open(eval_cfg, "w") as handle:  # bleu_rouge: greedy, up to the closing quotes
+        json.dump({"eval_references_file": os.path.join(WORK, "references.jsonl"), "eval_bootstrap_iters": 1000,
+                   "maximum_tokens": 16, "temperature": 0.0, "stop_strings": ['"""']}, handle, indent=2)
     step("6/6 evaluate", [PY, f"{REPO}/deepy.py", f"{REPO}/evaluate.py", f"{REPO}/configs/demo.yml", local,
-                          "--eval_tasks", "perplexity"])
-    print(f"   (perplexity of {os.path.relpath(heldout, REPO)}; results in {paths['log_dir']}/eval_results_*.json)")
+                          eval_cfg, "--eval_tasks", "perplexity", "bleu_rouge"])
+    print(f"   (held-out code: {os.path.relpath(heldout, REPO)}; results in {paths['log_dir']}/eval_results_*.json)")
     print("\nSamples:")
     with open(paths["sample_output_file"]) as handle:
         for line in handle:
@@ -76,15 +80,27 @@ def main() -> int:
     return 0
 
 
-def _write_heldout(path: str) -> str:
-    """This repository's own modules as JSON lines: Python the model never trained on."""
+def _write_heldout(path: str, references: str) -> str:
+    """This repository's own modules as JSON lines: Python the model never trained on; and, for
+    bleu_rouge, each module's first documented function: its ``def`` line and the docstring's
+    opening quotes as the prompt, the docstring's first line as the reference."""
     src = os.path.join(REPO, "megatron_lite")
+    modules = []
+    for folder, _, files in sorted(os.walk(src)):
+        for name in sorted(f for f in files if f.endswith(".py")):
+            with open(os.path.join(folder, name), encoding="utf-8") as module:
+                modules.append(module.read())
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        for folder, _, files in sorted(os.walk(src)):
-            for name in sorted(f for f in files if f.endswith(".py")):
-                with open(os.path.join(folder, name), encoding="utf-8") as module:
-                    handle.write(json.dumps({"text": module.read()}) + "\n")
+        handle.writelines(json.dumps({"text": text}) + "\n" for text in modules)
     os.replace(path + ".tmp", path)
+    with open(references + ".tmp", "w", encoding="utf-8") as handle:
+        for text in modules:
+            lines = text.split("\n")
+            pairs = [(a, b.strip()) for a, b in zip(lines, lines[1:]) if a.startswith("def ") and b.strip().startswith('"""')]
+            if pairs:  # the prompt opens the docstring; the reference is its first line's text
+                reference = pairs[0][1][3:].replace('"""', "").strip()
+                handle.write(json.dumps({"prompt": pairs[0][0] + '\n    """', "reference": reference}) + "\n")
+    os.replace(references + ".tmp", references)
     return path
 
 
