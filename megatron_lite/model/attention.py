@@ -8,6 +8,8 @@ gives every tensor-parallel rank whole groups.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,7 +81,10 @@ class ParallelAttention(nn.Module):
             k, v = cache.update(self.layer_number, k, v)
         mask = self._mask(q, k.shape[2], past, attention_mask)
         dropout = self.dropout if self.training else 0.0
-        with get_rng_tracker().fork():  # dropout on this rank's heads: per-rank stream
+        # Dropout on this rank's heads draws from the per-rank stream; without dropout there is
+        # nothing to draw, and swapping generator states in and out costs time every layer.
+        stream = get_rng_tracker().fork() if dropout else contextlib.nullcontext()
+        with stream:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout,
                 is_causal=mask is None and q.shape[2] > 1,

@@ -22,24 +22,49 @@ if TYPE_CHECKING:
 
 @dataclass
 class StepResult:
-    loss: float
-    grad_norm: float | None
+    """One step's outcome. ``loss`` and ``grad_norm`` stay device tensors: reading them would
+    wait for the device, so the trainer reads a window of them at once, at log intervals."""
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor | float | None
     skipped: bool
-    seconds: float
     lr: float
 
 
 @dataclass
 class Window:
-    """Steps since the last log line."""
+    """Steps since the last log line, and the wall time they took (pauses for evaluation and
+    checkpoints excluded)."""
 
     results: list[StepResult] = field(default_factory=list)
+    seconds: float = 0.0
+    checked: int = 0  # results[:checked] are known to have finite losses
+    clock: float = field(default_factory=time.perf_counter)
 
     def add(self, result: StepResult) -> None:
         self.results.append(result)
 
+    def losses(self) -> list[float]:
+        """The window's losses as floats (one device sync for all of them)."""
+        return torch.stack([r.loss.float() for r in self.results]).cpu().tolist() if self.results else []
+
+    def pause(self) -> None:
+        """Stop the clock (the device drained first: queued steps belong to this window)."""
+        _synchronize()
+        self.seconds += time.perf_counter() - self.clock
+
+    def resume(self) -> None:
+        self.clock = time.perf_counter()
+
     def reset(self) -> None:
         self.results.clear()
+        self.seconds, self.checked = 0.0, 0
+        self.resume()
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -59,22 +84,22 @@ def _pipe_iter(batches: Iterator[tuple[torch.Tensor, ...]]) -> Iterator[tuple[An
         yield tokens, (labels, loss_mask)
 
 
-def _dp_mean(value: torch.Tensor, trainer: Trainer) -> float:
+def _dp_mean(value: torch.Tensor, trainer: Trainer) -> torch.Tensor:
     if trainer.state.dp_size > 1:
         value = value.clone()
         dist.all_reduce(value, group=trainer.state.dp_group)
         value /= trainer.state.dp_size
-    return float(value.item())
+    return value
 
 
 def train_step(trainer: Trainer) -> StepResult:
-    """One optimizer step over ``gradient_accumulation_steps`` micro batches."""
-    engine, start = trainer.engine, time.perf_counter()
+    """One optimizer step over ``gradient_accumulation_steps`` micro batches. Nothing here
+    waits for the device: the loss and gradient norm come back as tensors."""
+    engine = trainer.engine
     lr = trainer.lr_scheduler.get_lr()  # the rate this step uses (the scheduler moves after it)
     batches = _micro_batches(trainer, trainer.train_iter)
     if trainer.pipelined:
-        loss = engine.train_batch(data_iter=_pipe_iter(batches)).detach().float().cpu()
-        mean_loss = float(loss.item())
+        mean_loss = engine.train_batch(data_iter=_pipe_iter(batches)).detach().float()
     else:
         total = torch.zeros((), device=engine.device)
         for _ in range(engine.gradient_accumulation_steps()):
@@ -83,11 +108,9 @@ def train_step(trainer: Trainer) -> StepResult:
             engine.backward(loss)
             engine.step()
             total += loss.detach().float()
-        mean_loss = _dp_mean(total.cpu() / engine.gradient_accumulation_steps(), trainer)
-    norm = engine.get_global_grad_norm()
+        mean_loss = _dp_mean(total / engine.gradient_accumulation_steps(), trainer)
     skipped = bool(getattr(engine, "skipped_steps", 0) and engine.was_step_applied() is False)
-    return StepResult(mean_loss, float(norm) if norm is not None else None, skipped,
-                      time.perf_counter() - start, lr)
+    return StepResult(mean_loss, engine.get_global_grad_norm(), skipped, lr)
 
 
 @torch.no_grad()
@@ -105,7 +128,7 @@ def evaluate(trainer: Trainer, it: Iterator[dict], num_batches: int) -> float:
             else:
                 micro = [masked_mean_loss(engine(t), lab, m, trainer.state).float()
                          for t, lab, m in (next(batches) for _ in range(engine.gradient_accumulation_steps()))]
-                losses.append(_dp_mean(torch.stack(micro).mean().cpu(), trainer))
+                losses.append(float(_dp_mean(torch.stack(micro).mean(), trainer).item()))
     finally:
         engine.train()
     return sum(losses) / len(losses)
@@ -118,17 +141,19 @@ def _memory_mb() -> float:
 
 
 def training_record(trainer: Trainer, window: Window) -> dict[str, Any]:
-    """The metrics of the steps since the last log line."""
+    """The metrics of the steps since the last log line (reads the window's tensors)."""
     results = window.results
-    seconds = sum(r.seconds for r in results)
+    window.pause()
+    seconds = window.seconds
+    losses = window.losses()
     tokens_per_s = trainer.tokens_per_step * len(results) / max(seconds, 1e-9)
     tflops = flops_per_token(trainer.cfg.model) * tokens_per_s / dist.get_world_size() / 1e12
     norms = [r.grad_norm for r in results if r.grad_norm is not None]
     record: dict[str, Any] = {
         "iteration": trainer.progress.iteration,
-        "loss": sum(r.loss for r in results) / len(results),
+        "loss": sum(losses) / len(losses),
         "lr": results[-1].lr,
-        "grad_norm": norms[-1] if norms else None,
+        "grad_norm": float(norms[-1]) if norms else None,
         "tokens_per_s": tokens_per_s,
         "ms_per_iter": 1000.0 * seconds / len(results),
         "tflops_per_device": tflops,

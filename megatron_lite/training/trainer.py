@@ -9,6 +9,7 @@ the frozen config.
 
 from __future__ import annotations
 
+import math
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_lite.config import Config
 from megatron_lite.config.deepspeed_config import build_deepspeed_config
 from megatron_lite.data.data_utils import (
     build_train_valid_test_datasets,
@@ -125,29 +127,13 @@ class Trainer:
         )
 
     def _build_engine(self) -> None:
-        import deepspeed
-
         cfg = self.cfg
         log_model_size(cfg.model)
         module = self._build_module()
         if cfg.checkpoint.finetune or resumes_weights_only(cfg):
             load_model_weights(module, cfg, self.state.tp_rank, self.pipelined)
-        if cfg.training.compile:
-            module.compile()
-        ds_config = build_deepspeed_config(cfg, on_gpu=self.device.type == "cuda")
-        warmup = int(cfg.lr_schedule.warmup * self.lr_decay_iters)
-        schedule = lambda opt: AnnealingLR(  # noqa: E731 - DeepSpeed calls it with its optimizer
-            opt, cfg.optimizer.lr, warmup, self.lr_decay_iters, cfg.lr_schedule.lr_decay_style,
-            cfg.lr_schedule.min_lr)
-        self.engine, self.optimizer, _, self.lr_scheduler = deepspeed.initialize(
-            model=module, model_parameters=param_groups(module, cfg.optimizer.weight_decay),
-            lr_scheduler=schedule, config=ds_config, mpu=None if self.pipelined else self.state,
-        )
-        _use_model_parallel_clipping(self.engine, self.state)
-        if not self.pipelined and self.state.dp_size == 1 and cfg.parallel.zero_optimization.get("stage", 0) == 0:
-            # One data-parallel replica: DeepSpeed would still flatten every gradient into
-            # buckets and all-reduce them over a group of one. Nothing to average: skip it.
-            self.engine.enable_backward_allreduce = False
+        self.engine, self.optimizer, self.lr_scheduler = build_engine(
+            cfg, self.state, module, self.lr_decay_iters, on_gpu=self.device.type == "cuda")
 
     def _load(self) -> None:
         ck = self.cfg.checkpoint
@@ -173,7 +159,7 @@ class Trainer:
             while self.progress.iteration < self.train_iters:
                 result = steps.train_step(self)
                 self._after_step(result, window, bar)
-                if self._should_stop():
+                if self._should_stop(window):
                     return 0
             self._final()
             return 0
@@ -183,26 +169,41 @@ class Trainer:
 
     def _after_step(self, result: steps.StepResult, window: steps.Window, bar: Any) -> None:
         p, cfg = self.progress, self.cfg
-        if not result.skipped and not torch.isfinite(torch.tensor(result.loss)):
-            raise TrainingError(
-                f"loss is {result.loss} at iteration {p.iteration + 1}: stopping without saving; "
-                f"the last good checkpoint is in {cfg.checkpoint.save}. Lower the learning rate, "
-                "check the data, or use bf16/fp32")
         p.iteration += 1
         p.consumed_train_samples += cfg.training.train_batch_size
         p.skipped_iters += int(result.skipped)
         window.add(result)
         bar.update(1)
-        bar.set_postfix(loss=f"{result.loss:.4f}", refresh=False)
-        if p.iteration % cfg.logging.log_interval == 0:
+        log_due = p.iteration % cfg.logging.log_interval == 0
+        eval_due = bool(cfg.training.eval_interval and p.iteration % cfg.training.eval_interval == 0)
+        save_due = self._save_due(p.iteration)
+        if not (log_due or eval_due or save_due or p.iteration >= self.train_iters):
+            return  # losses are read (a device sync) only where something uses them
+        self._check_losses(window)
+        if log_due:
             record = steps.training_record(self, window)
             self.metrics.write(record, p.iteration)
             logger.info(steps.format_record(record))
+            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             window.reset()
-        if cfg.training.eval_interval and p.iteration % cfg.training.eval_interval == 0:
-            self.evaluate("valid")
-        if self._save_due(p.iteration):
-            self.save()
+        if eval_due or save_due:
+            window.pause()  # evaluation and checkpoints are not training time
+            if eval_due:
+                self.evaluate("valid")
+            if save_due:
+                self.save()
+            window.resume()
+
+    def _check_losses(self, window: steps.Window) -> None:
+        """Stop on a non-finite loss before anything is logged, evaluated or saved after it."""
+        first = self.progress.iteration - len(window.results) + 1
+        for i, (result, loss) in enumerate(zip(window.results, window.losses())):
+            if i >= window.checked and not result.skipped and not math.isfinite(loss):
+                raise TrainingError(
+                    f"loss is {loss} at iteration {first + i}: stopping without saving; "
+                    f"the last good checkpoint is in {self.cfg.checkpoint.save}. Lower the "
+                    "learning rate, check the data, or use bf16/fp32")
+        window.checked = len(window.results)
 
     def _save_due(self, iteration: int) -> bool:
         ck = self.cfg.checkpoint
@@ -211,7 +212,7 @@ class Trainer:
         return bool((ck.checkpoint_factor and iteration % ck.checkpoint_factor == 0)
                     or iteration in (ck.extra_save_iters or []))
 
-    def _should_stop(self) -> bool:
+    def _should_stop(self, window: steps.Window) -> bool:
         it, exit_interval = self.progress.iteration, self.cfg.training.exit_interval
         flag = torch.tensor([float(self.stop_signal)])
         if dist.get_world_size() > 1:
@@ -219,6 +220,7 @@ class Trainer:
         if flag.item() or (exit_interval and it % exit_interval == 0 and it < self.train_iters):
             reason = f"signal {int(flag.item())}" if flag.item() else f"exit_interval {exit_interval}"
             logger.info("stopping at iteration %d (%s)", it, reason)
+            self._check_losses(window)
             if self.cfg.checkpoint.save and not self._save_due(it):
                 self.save()
             return True
@@ -264,6 +266,33 @@ class Trainer:
             signal.signal(sig, handler)
 
 
+def build_engine(cfg: Config, state: ParallelState, module: torch.nn.Module, lr_decay_iters: int,
+                 on_gpu: bool) -> tuple[Any, Any, AnnealingLR]:
+    """The DeepSpeed engine, optimizer and LR schedule over ``module``, as training uses them
+    (also what ``tools/bench/train.py`` times): our weight-decay groups, our warmup + decay
+    schedule, model-parallel gradient clipping, optional ``torch.compile``."""
+    import deepspeed
+
+    pipelined = cfg.parallel.pipe_parallel_size >= 1
+    if cfg.training.compile:
+        module.compile()  # compiles forward in place: state-dict names stay unprefixed
+    warmup = int(cfg.lr_schedule.warmup * lr_decay_iters)
+    schedule = lambda opt: AnnealingLR(  # noqa: E731 - DeepSpeed calls it with its optimizer
+        opt, cfg.optimizer.lr, warmup, lr_decay_iters, cfg.lr_schedule.lr_decay_style,
+        cfg.lr_schedule.min_lr)
+    engine, optimizer, _, lr_scheduler = deepspeed.initialize(
+        model=module, model_parameters=param_groups(module, cfg.optimizer.weight_decay),
+        lr_scheduler=schedule, config=build_deepspeed_config(cfg, on_gpu=on_gpu),
+        mpu=None if pipelined else state,
+    )
+    _use_model_parallel_clipping(engine, state)
+    if not pipelined and state.dp_size == 1 and cfg.parallel.zero_optimization.get("stage", 0) == 0:
+        # One data-parallel replica: DeepSpeed would still flatten every gradient into
+        # buckets and all-reduce them over a group of one. Nothing to average: skip it.
+        engine.enable_backward_allreduce = False
+    return engine, optimizer, lr_scheduler
+
+
 def _use_model_parallel_clipping(engine: Any, state: ParallelState) -> None:
     """Clip fp32 (ZeRO-0) gradients by the norm over the whole model replica, and keep it.
 
@@ -276,7 +305,7 @@ def _use_model_parallel_clipping(engine: Any, state: ParallelState) -> None:
 
     def clip_and_record() -> None:
         params = [p for p in engine.module.parameters() if p.grad is not None]
-        engine._global_grad_norm = float(clip_grad_norm(params, engine.gradient_clipping(), state))
+        engine._global_grad_norm = clip_grad_norm(params, engine.gradient_clipping(), state)
 
     engine.clip_fp32_gradients = clip_and_record
 
@@ -292,9 +321,10 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float, state: Par
     if state.tp_size * state.pp_size > 1:
         dist.all_reduce(total, group=state.mp_group)
     norm = total.sqrt()
-    coef = max_norm / (float(norm) + 1e-6)
-    if coef < 1.0:
-        torch._foreach_mul_([p.grad for p in params], coef)
+    # Scale by min(1, max_norm / norm) as a tensor, as torch's clip_grad_norm_ does: deciding
+    # "is it above max_norm?" on the host would wait for the device in the middle of the step.
+    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_([p.grad for p in params], coef)
     return norm
 
 

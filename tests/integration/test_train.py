@@ -217,3 +217,14 @@ def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path, data_prefix):
     result = run_train(tmp_path, cfg, "resume.yml")
     assert "resumed from" in result.stderr and "global_step2" in result.stderr
     assert (save / "latest").read_text() == "global_step6"
+
+
+def test_compile_matches_eager(tmp_path, data_prefix, reference):
+    """``compile: true`` (torch.compile of the model inside the DeepSpeed engine) trains the
+    same model: losses equal the eager run's up to kernel-fusion rounding."""
+    run_train(tmp_path, base_config(tmp_path, data_prefix, train_micro_batch_size_per_gpu=4, compile=True),
+              timeout=600)
+    losses = train_losses(tmp_path)
+    assert sorted(losses) == sorted(reference)
+    for it, loss in reference.items():
+        assert losses[it] == pytest.approx(loss, rel=1e-4, abs=1e-4), f"iteration {it}"

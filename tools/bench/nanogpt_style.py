@@ -81,11 +81,27 @@ class NanoGPT(nn.Module):
         return logits, F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]):
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+                   eps: float = 1e-8) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    # nanoGPT's choice: the fused kernel on CUDA, torch's default elsewhere.
+    fused = True if next(model.parameters()).device.type == "cuda" else None
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               grad_clip: float, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One nanoGPT iteration: forward (under autocast for bf16), backward, clip, AdamW step.
+    Returns the loss tensor without reading it (no host sync)."""
+    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        _, loss = model(x, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.detach()
 
 
 def cosine_lr(it: int, lr: float, min_lr: float, warmup: int, decay_iters: int) -> float:
@@ -127,11 +143,7 @@ def train(train_data: np.ndarray, val_data: np.ndarray, cfg: NanoConfig, *, iter
         for group in opt.param_groups:
             group["lr"] = cosine_lr(it, lr, min_lr, warmup, iters)
         x, y = random_batch(train_data, cfg.block_size, batch, gen)
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
+        train_step(model, opt, x, y, grad_clip)
     seconds = time.perf_counter() - start
     val = estimate_loss(model, val_data, cfg.block_size, batch, eval_iters, seed + 1)
     return {"val_loss": val, "train_seconds": seconds, "ms_per_iter": 1000 * seconds / iters}

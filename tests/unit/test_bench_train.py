@@ -1,0 +1,34 @@
+"""tools/bench/train.py writes one record per (shape, implementation) with the documented keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_json_records(tmp_path):
+    out = tmp_path / "bench.json"
+    # A subprocess: the bench starts a (one-rank) process group, which unit tests do not have.
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench" / "train.py"), "--shapes", "nanogpt_cpu",
+         "--repeats", "2", "--steps", "1", "--warmup", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "MASTER_PORT"} | {"PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(out.read_text())
+    records = report["records"]
+    assert [(r["shape"], r["impl"]) for r in records] == [
+        ("nanogpt_cpu", impl) for impl in ("megatron_lite", "transformers", "nanogpt_style")]
+    for r in records:
+        assert r["tokens_per_s"] > 0 and r["ms_per_step"] > 0 and r["peak_mem_mb"] >= 0
+        assert len(r["ms_per_step_repeats"]) == 2
+        assert r["tokens_per_s"] == r["micro_batch"] * r["seq"] * 1000.0 / r["ms_per_step"]
+        assert "mfu" not in r  # MFU only on a GPU
+    assert report["suite"] == "cpu" and "load_avg_start" in report["meta"]
+    assert "megatron_lite" in result.stdout and "ours vs it" in result.stdout
