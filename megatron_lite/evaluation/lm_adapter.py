@@ -6,16 +6,21 @@ continuation, the pair is encoded whole and split). We supply the token-level sc
 rolling windows and generation, batched and sorted longest first with lm-eval's ``Collator`` so
 that a batch's padding is small and the results come back in request order.
 
-With tensor parallelism every rank of the group calls the model on the same batch (the forward
-is collective) and gathers the full logits, so every rank computes identical results; lm-eval
-sees one process (rank 0 of world 1) on each rank and only global rank 0 writes results.
+Data parallel: the world is ``world / tp`` model replicas. lm-eval gives each replica its own
+share of the documents (``rank`` / ``world_size`` below are the replica's index and count) and
+gathers the per-document metrics through ``all_gather`` / ``gather_object`` over a group of the
+ranks that hold the same tensor-parallel shard. Within a replica, every tensor-parallel rank calls
+the model on the same batch (the forward is collective) and gathers the full logits, so they
+compute identical results; only global rank 0 writes them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
@@ -29,8 +34,44 @@ from tqdm import tqdm
 
 from megatron_lite.inference.generation import generate_records
 from megatron_lite.model.gpt import GPTModel
+from megatron_lite.parallel.state import ParallelState, my_group
 
 Request = tuple[Any, list[int], list[int]]  # (cache key or None, context ids, continuation ids)
+
+
+@dataclass(frozen=True)
+class ReplicaGroup:
+    """This rank's model replica (``rank`` of ``size``) and the group of the ranks that hold the
+    same tensor-parallel shard in every replica (None for one replica)."""
+
+    rank: int = 0
+    size: int = 1
+    group: Any = None
+
+    @classmethod
+    def build(cls, state: ParallelState) -> ReplicaGroup:
+        """Collective: every rank calls it. Ranks are model-innermost, so replica = rank // tp."""
+        world, tp = dist.get_world_size(), state.tp_size
+        if world == tp:
+            return cls()
+        lists = [[t + tp * r for r in range(world // tp)] for t in range(tp)]
+        return cls(dist.get_rank() // tp, world // tp, my_group(lists, dist.get_rank()))
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """``obj`` of every replica, in replica order (on every rank)."""
+        if self.size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over the replicas (float64, so large token counts stay exact)."""
+        if self.size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, group=self.group)
+        return t.tolist()
 
 
 class MegatronLiteLM(TemplateLM):
@@ -41,12 +82,29 @@ class MegatronLiteLM(TemplateLM):
     """
 
     def __init__(self, model: GPTModel, tokenizer: Any, vocab_size: int, batch_size: int = 8,
-                 max_gen_toks: int = 256, seed: int = 1234, show_progress: bool = True) -> None:
+                 max_gen_toks: int = 256, seed: int = 1234, show_progress: bool = True,
+                 replicas: ReplicaGroup | None = None) -> None:
         super().__init__()
         self.model, self.tokenizer, self.vocab_size = model.eval(), tokenizer, vocab_size
         self.batch_size, self.max_gen_toks, self.seed = batch_size, max_gen_toks, seed
         self.show_progress = show_progress
         self._device = next(model.parameters()).device
+        self.replicas = replicas or ReplicaGroup()
+        self._rank, self._world_size = self.replicas.rank, self.replicas.size
+        self.model_calls = 0  # forward passes of this rank (a replica scores only its share)
+
+    # lm-eval's hooks for data-parallel evaluation (the evaluator calls them when world_size > 1).
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.zeros_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor, group=self.replicas.group)
+        return torch.stack(parts)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any]:
+        return self.replicas.all_gather_object(obj)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier(group=self.replicas.group)
 
     @property
     def eot_token_id(self) -> int:
@@ -85,6 +143,7 @@ class MegatronLiteLM(TemplateLM):
             for row, ids in enumerate(inputs):
                 batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             logp = self.log_probs(batch)  # [b, w, V]
+            self.model_calls += 1
             for row, (key, _, cont) in enumerate(chunk):
                 end = len(inputs[row])
                 scored = logp[row, end - len(cont): end]  # [len(cont), V]

@@ -1,8 +1,9 @@
 """evaluate.py's body: lm-eval tasks, perplexity and BLEU/ROUGE on a checkpoint.
 
 Every rank loads the model (tensor-parallel shards; pipeline stages are merged, as for
-generation) and runs every request: the forward is collective across the tensor-parallel
-group, so all ranks move in lockstep. Global rank 0 writes ``<log_dir>/<prefix>_<time>.json``
+generation); the ``world / tp`` model replicas share the documents (data parallel), and the
+ranks of one replica move in lockstep (the forward is collective across the tensor-parallel
+group). Global rank 0 writes ``<log_dir>/<prefix>_<time>.json``
 in lm-eval's results layout, prints the table, and sends the numbers to metrics.jsonl,
 TensorBoard and wandb when they are enabled.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import torch.distributed as dist
 
 from megatron_lite.config import Config
-from megatron_lite.evaluation.lm_adapter import MegatronLiteLM
+from megatron_lite.evaluation.lm_adapter import MegatronLiteLM, ReplicaGroup
 from megatron_lite.evaluation.perplexity import EvaluationError
 from megatron_lite.evaluation.tasks import TaskPlan, evaluate_tasks
 from megatron_lite.utils.logging import get_logger
@@ -123,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(cfg, state, device_for(args.local_rank))
         vocab, iteration = model_vocab_size(cfg, tokenizer)
         lm = MegatronLiteLM(model, tokenizer, vocab, batch_size=cfg.evaluation.eval_batch_size,
-                            seed=cfg.training.seed, show_progress=rank0 and sys.stderr.isatty())
+                            seed=cfg.training.seed, show_progress=rank0 and sys.stderr.isatty(),
+                            replicas=ReplicaGroup.build(state))
         results, samples = evaluate_tasks(lm, cfg, plan, _sampling(cfg))
+        logger.info("model replica %d of %d: %d scoring forward passes", lm.rank, lm.world_size, lm.model_calls)
         if rank0:
             report(cfg, args.run_dir, results, samples, iteration)
         code = 0

@@ -69,10 +69,10 @@ def evaluate_perplexity(lm: MegatronLiteLM, path: str, limit: int | None = None)
             break
     if not docs:
         raise EvaluationError(f"eval_perplexity_data: {path} holds no documents")
-    totals = lm.rolling_loglikelihood_tokens([ids for ids, _ in docs], disable_tqdm=not lm.show_progress)
-    nll = -sum(totals)
-    tokens = sum(len(ids) for ids, _ in docs)
-    nbytes = sum(b for _, b in docs)
+    mine = docs[lm.rank::lm.world_size]  # each model replica scores its share; sums are summed
+    totals = lm.rolling_loglikelihood_tokens([ids for ids, _ in mine], disable_tqdm=not lm.show_progress)
+    nll, tokens, nbytes = lm.replicas.sum([-sum(totals), sum(len(ids) for ids, _ in mine),
+                                          sum(b for _, b in mine)])
     loss = nll / tokens
     return {"loss": loss, "perplexity": math.exp(loss), "bits_per_byte": nll / (math.log(2) * max(nbytes, 1)),
-            "tokens": tokens, "bytes": nbytes, "documents": len(docs)}
+            "tokens": int(tokens), "bytes": int(nbytes), "documents": len(docs)}

@@ -112,6 +112,6 @@ def evaluate_tasks(lm: MegatronLiteLM, cfg: Config, plan: TaskPlan,
         _add_own(results, PERPLEXITY, metrics)
     if BLEU_ROUGE in plan.names:
         metrics, samples = evaluate_references(lm.model, lm.tokenizer, ev.eval_references_file,
-                                               sampling, ev.eval_batch_size, ev.eval_limit)
+                                               sampling, ev.eval_batch_size, ev.eval_limit, lm.replicas)
         _add_own(results, BLEU_ROUGE, metrics)
     return results, samples

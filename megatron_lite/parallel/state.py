@@ -71,12 +71,12 @@ class ParallelState:
             dp_rank=coord.data,
             topology=topo,
         )
-        state.tp_group = _my_group(topo.get_axis_comm_lists("model"), rank)
-        state.pp_group = _my_group(topo.get_axis_comm_lists("pipe"), rank)
-        state.dp_group = _my_group(topo.get_axis_comm_lists("data"), rank)
+        state.tp_group = my_group(topo.get_axis_comm_lists("model"), rank)
+        state.pp_group = my_group(topo.get_axis_comm_lists("pipe"), rank)
+        state.dp_group = my_group(topo.get_axis_comm_lists("data"), rank)
         # Ranks sharing a data-parallel index form one full model replica (all stages, all TP).
         replicas = [topo.filter_match(data=d) for d in range(dp_size)]
-        state.mp_group = _my_group(replicas, rank)
+        state.mp_group = my_group(replicas, rank)
         return state
 
     # ---- DeepSpeed mpu protocol -------------------------------------------------------------
@@ -121,7 +121,7 @@ class ParallelState:
         }
 
 
-def _my_group(rank_lists: list[list[int]], rank: int) -> Any:
+def my_group(rank_lists: list[list[int]], rank: int) -> Any:
     """Create all groups of one axis (collectively) and return the one holding ``rank``."""
     mine = None
     for ranks in rank_lists:

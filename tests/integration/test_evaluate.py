@@ -82,7 +82,8 @@ def assert_close_nested(ours, ref, where) -> None:
 
 def assert_same_numbers(ours: dict, ref: dict, tasks: list[str]) -> None:
     for task in tasks:
-        numbers = {k: v for k, v in ref[task].items() if isinstance(v, float) and "stderr" not in k}
+        numbers = {k: v for k, v in ref[task].items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and "stderr" not in k}
         assert numbers, ref[task]
         for key, value in numbers.items():
             assert ours[task][key] == pytest.approx(value, rel=1e-4, abs=1e-4), (task, key)
@@ -109,18 +110,28 @@ def test_local_tasks_equal_lm_eval_hf_model(tmp_path, hf_checkpoint, hf_referenc
     assert record["split"] == "eval" and record["piqa_style/acc"] == results["results"]["piqa_style"]["acc,none"]
 
 
-def test_tp2_equals_tp1_with_limit_and_fewshot(tmp_path, hf_checkpoint):
+def test_tp2_and_two_replicas_equal_one_rank_with_limit_and_fewshot(tmp_path, hf_checkpoint):
+    """tp=2 (one replica of 2 ranks) and dp=2 (two replicas sharing the documents) give the
+    numbers of one process, for lm-eval tasks and for our own."""
+    texts = [f"the model {i} reads a token and then predicts the next one" for i in range(5)]
+    (tmp_path / "ppl.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    (tmp_path / "refs.jsonl").write_text("".join(json.dumps({"prompt": t[:12], "reference": t[12:]}) + "\n"
+                                                 for t in texts))
+    tasks = ["piqa_style", "wikitext_style", "triviaqa_style", "perplexity", "bleu_rouge"]
     numbers = []
-    for tp in (1, 2):
-        run = tmp_path / f"tp{tp}"
+    for tp, ranks in ((1, 1), (2, 2), (1, 2)):
+        run = tmp_path / f"tp{tp}_ranks{ranks}"
         run.mkdir()
-        result = evaluate(run, hf_checkpoint["ckpt"], "piqa_style", "wikitext_style",
-                          extra=["--limit", "3", "--num_fewshot", "1"], model_parallel_size=tp, num_gpus=tp)
+        result = evaluate(run, hf_checkpoint["ckpt"], *tasks, extra=["--limit", "3", "--num_fewshot", "1"],
+                          model_parallel_size=tp, num_gpus=ranks, eval_perplexity_data=str(tmp_path / "ppl.jsonl"),
+                          eval_references_file=str(tmp_path / "refs.jsonl"))
         assert result.returncode == 0, result.stderr[-3000:]
         results = results_of(run)
         assert results["n-shot"]["piqa_style"] == 1 and results["n-samples"]["piqa_style"]["effective"] == 3
+        assert results["results"]["perplexity"]["documents,none"] == 3
         numbers.append(results["results"])
-    assert_same_numbers(numbers[1], numbers[0], ["piqa_style", "wikitext_style"])
+    for other in numbers[1:]:
+        assert_same_numbers(other, numbers[0], tasks)
 
 
 def test_perplexity_on_dataset_and_text_file_and_bleu_rouge(tmp_path, hf_checkpoint):
