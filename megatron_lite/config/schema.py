@@ -106,7 +106,7 @@ class TrainingConfig:
     eval_interval: int = f(1000, "Evaluate on the validation split every this many iterations.")
     eval_iters: int = f(100, "Validation batches per evaluation.")
     exit_interval: int | None = f(None, "Save and exit after an iteration divisible by this.")
-    compile: bool = f(False, "Wrap the model in torch.compile.")
+    compile: bool = f(False, "torch.compile the model (in place: checkpoint names unchanged); the first steps pay the compile.")
     peak_theoretical_tflops: float | None = f(None, "Peak TFLOP/s of one device, to report MFU.")
     steps_per_print: int = f(10, "DeepSpeed's own progress print interval.")
     wall_clock_breakdown: bool = f(False, "DeepSpeed per-phase timers.")

@@ -58,8 +58,11 @@ class ParallelAttention(nn.Module):
     def _split_qkv(self, qkv: torch.Tensor):
         b, s, _ = qkv.shape
         qkv = qkv.view(b, s, self.kv_local, self.q_per_group + 2, self.head_dim)
-        q = qkv[:, :, :, : self.q_per_group].reshape(b, s, self.heads_local, self.head_dim)
-        return q, qkv[:, :, :, -2], qkv[:, :, :, -1]  # [b, s, heads|kv, d]
+        # split (not indexing): its backward is one concatenation, where three index ops would
+        # each fill a zero tensor of the whole qkv size and then be summed.
+        q, k, v = qkv.split([self.q_per_group, 1, 1], dim=3)
+        q = q.reshape(b, s, self.heads_local, self.head_dim)
+        return q, k.squeeze(3), v.squeeze(3)  # [b, s, heads|kv, d]
 
     def forward(
         self,

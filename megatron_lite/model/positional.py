@@ -32,10 +32,14 @@ class RotaryEmbedding(nn.Module):
 
     def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x: [b, s, heads, head_dim] -> same shape, first rotary_ndims rotated."""
-        rot, rest = x[..., : self.rotary_ndims], x[..., self.rotary_ndims :]
-        half = self.rotary_ndims // 2
-        rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
-        return torch.cat((rot * cos + rotated * sin, rest), dim=-1)
+        # chunk/split rather than slicing: their backward is one concatenation, where every
+        # slice's backward fills a zero tensor of x's size (this runs twice per layer).
+        full = self.rotary_ndims == x.shape[-1]
+        rot, rest = (x, None) if full else x.split([self.rotary_ndims, x.shape[-1] - self.rotary_ndims], -1)
+        first, second = rot.chunk(2, dim=-1)
+        rotated = torch.cat((-second, first), dim=-1)
+        out = rot * cos + rotated * sin
+        return out if rest is None else torch.cat((out, rest), dim=-1)
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:

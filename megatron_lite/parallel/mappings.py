@@ -24,8 +24,9 @@ def _all_reduce(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
 
 
 def _split_last(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
+    # A view: its consumers (a matmul, or autograd accumulating a gradient) take strided input.
     chunk = x.shape[-1] // state.tp_size
-    return x[..., state.tp_rank * chunk : (state.tp_rank + 1) * chunk].contiguous()
+    return x[..., state.tp_rank * chunk : (state.tp_rank + 1) * chunk]
 
 
 def _gather_last(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
@@ -44,13 +45,20 @@ class _CopyToRegion(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # Autograd may hand the same gradient buffer to other functions: reduce a copy.
         return _all_reduce(grad.clone(), ctx.state), None
 
 
 class _ReduceFromRegion(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, state):
-        return _all_reduce(x.clone(), state)
+        if not x.is_contiguous():
+            return _all_reduce(x, state)  # .contiguous() inside makes the copy to reduce
+        # x is a fresh partial sum (a matmul or masked embedding output): reduce it in place
+        # instead of copying it first. mark_dirty lets autograd refuse if anything saved x.
+        ctx.mark_dirty(x)
+        dist.all_reduce(x, group=state.tp_group)
+        return x
 
     @staticmethod
     def backward(ctx, grad):

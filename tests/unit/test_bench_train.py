@@ -30,5 +30,6 @@ def test_bench_json_records(tmp_path):
         assert len(r["ms_per_step_repeats"]) == 2
         assert r["tokens_per_s"] == r["micro_batch"] * r["seq"] * 1000.0 / r["ms_per_step"]
         assert "mfu" not in r  # MFU only on a GPU
+        assert r["arch"] == {"transformers": "gpt_neox", "nanogpt_style": "nanogpt"}.get(r["impl"], "gpt_neox")
     assert report["suite"] == "cpu" and "load_avg_start" in report["meta"]
     assert "megatron_lite" in result.stdout and "ours vs it" in result.stdout

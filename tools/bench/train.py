@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import datetime
 import gc
 import json
@@ -55,7 +56,7 @@ import nanogpt_style  # noqa: E402
 
 from megatron_lite.config import Config, config_from_flat  # noqa: E402
 from megatron_lite.config.derived import resolve  # noqa: E402
-from megatron_lite.model.gpt import GPTModel, count_parameters, flops_per_token  # noqa: E402
+from megatron_lite.model.gpt import GPTModel, flops_per_token  # noqa: E402
 
 IMPLS = ("megatron_lite", "transformers", "nanogpt_style")
 LR, MIN_LR, BETAS, EPS, WEIGHT_DECAY, GRAD_CLIP = 6e-4, 6e-5, (0.9, 0.95), 1e-8, 0.1, 1.0
@@ -79,18 +80,30 @@ class Shape:
 CPU_SHAPES = (Shape("nanogpt_cpu", 4, 128, 4, 64, 12, 65), Shape("125M", 12, 768, 12, 256, 1, 50304))
 GPU_SHAPES = (Shape("125M", 12, 768, 12, 2048, 32, 50304), Shape("350M", 24, 1024, 16, 2048, 16, 50304),
               Shape("1.3B", 24, 2048, 16, 2048, 8, 50304))
-# (warmup steps, timed steps per repeat) by shape; CPU figures keep the suite under 5 minutes.
-STEPS = {"nanogpt_cpu": (5, 20), "125M": (1, 2)}
+# (warmup steps, timed steps per repeat) by shape; CPU figures keep the suite under 5 minutes
+# (a 125M step takes seconds on 2 cores: one step per repeat is long enough to time).
+STEPS = {"nanogpt_cpu": (5, 20), "125M": (1, 1)}
 
 
-def model_config(shape: Shape, bf16: bool, compile_model: bool) -> Config:
-    """megatron_lite's config for ``shape``: GPT-NeoX architecture (rotary, LayerNorm with
-    biases, untied head, sequential residual), our AdamW settings, no dropout."""
+# megatron_lite's architecture options: GPT-NeoX's (what transformers' GPTNeoX builds: rotary,
+# biases everywhere, untied head) or nanoGPT's (what nanogpt_style builds: learned positions,
+# no biases, tied head; configs/cpu_shakespeare.yml is this with an untied head).
+ARCHS = {
+    "gpt_neox": {"pos_emb": "rotary", "no_weight_tying": True},
+    "nanogpt": {"pos_emb": "learned", "no_weight_tying": False, "use_bias_in_norms": False,
+                "use_bias_in_attn_linear": False, "use_bias_in_mlp": False,
+                "init_method": "normal", "output_layer_init_method": "scaled_normal"},
+}
+
+
+def model_config(shape: Shape, bf16: bool, compile_model: bool, arch: str = "gpt_neox") -> Config:
+    """megatron_lite's config for ``shape`` in architecture ``arch`` (LayerNorm, GELU MLP of
+    width 4h, sequential residual), our AdamW settings, no dropout."""
     flat: dict[str, Any] = {
         "pipe_parallel_size": 0, "model_parallel_size": 1, "num_layers": shape.layers,
         "hidden_size": shape.hidden, "num_attention_heads": shape.heads, "seq_length": shape.seq,
         "max_position_embeddings": shape.seq, "padded_vocab_size": shape.vocab,
-        "pos_emb": "rotary", "norm": "layernorm", "no_weight_tying": True, "gpt_j_residual": False,
+        "norm": "layernorm", "gpt_j_residual": False, **ARCHS[arch],
         "hidden_dropout": 0.0, "attention_dropout": 0.0,
         "optimizer": {"type": "AdamW", "params": {"lr": LR, "betas": list(BETAS), "eps": EPS}},
         "min_lr": MIN_LR, "weight_decay": WEIGHT_DECAY, "gradient_clipping": GRAD_CLIP,
@@ -158,7 +171,10 @@ def build_transformers(cfg: Config, batches: list[torch.Tensor], device: torch.d
 
     from megatron_lite.model.hf_interop import hf_config_dict
 
-    hf = GPTNeoXConfig(**hf_config_dict(cfg.model, cfg.model.padded_vocab_size, None, None))
+    # GPTNeoX cannot express the nanoGPT architecture: transformers always builds GPT-NeoX's.
+    neox = dataclasses.replace(cfg.model, pos_emb="rotary", no_weight_tying=True, use_bias_in_norms=True,
+                               use_bias_in_attn_linear=True, use_bias_in_mlp=True)
+    hf = GPTNeoXConfig(**hf_config_dict(neox, cfg.model.padded_vocab_size, None, None))
     hf.use_cache = False
     torch.manual_seed(cfg.training.seed)
     model = GPTNeoXForCausalLM._from_config(hf, attn_implementation="sdpa").to(device).train()
@@ -323,7 +339,7 @@ def run_shape(shape: Shape, args: argparse.Namespace, device: torch.device) -> l
     bf16 = args.suite == "gpu"
     warmup, steps = (args.warmup, args.steps) if args.steps else STEPS.get(shape.name, (3, 10))
     while True:
-        cfg = model_config(shape, bf16, args.compile)
+        cfg = model_config(shape, bf16, args.compile, args.arch)
         batches = random_batches(shape, max(steps, 4))
         measure = measure_rebuilding if device.type == "cuda" else measure_resident
         try:
@@ -337,7 +353,12 @@ def run_shape(shape: Shape, args: argparse.Namespace, device: torch.device) -> l
             shape = Shape(shape.name, shape.layers, shape.hidden, shape.heads, shape.seq,
                           shape.batch // 2, shape.vocab)
             print(f"{shape.name}: out of memory, retrying with micro batch {shape.batch}", flush=True)
-    return [_record(shape, cfg, impl, m, args, device) for impl, m in results.items()]
+    return [_record(shape, cfg, impl, m, args, device) | {"arch": arch_of(impl, args.arch)}
+            for impl, m in results.items()]
+
+
+def arch_of(impl: str, megatron_lite_arch: str) -> str:
+    return {"megatron_lite": megatron_lite_arch, "transformers": "gpt_neox"}.get(impl, "nanogpt")
 
 
 def _record(shape: Shape, cfg: Config, impl: str, m: Measured, args: argparse.Namespace,
@@ -349,7 +370,7 @@ def _record(shape: Shape, cfg: Config, impl: str, m: Measured, args: argparse.Na
         "peak_mem_mb": m.peak_mem_mb, "ms_per_step_repeats": m.ms,
         "layers": shape.layers, "hidden": shape.hidden, "heads": shape.heads, "seq": shape.seq,
         "micro_batch": shape.batch, "vocab": shape.vocab,
-        "parameters": count_parameters(cfg.model), "precision": cfg.training.precision,
+        "precision": cfg.training.precision,
     }
     if device.type == "cuda":
         record["mfu"] = flops_per_token(cfg.model) * tokens_per_s / (args.peak_tflops * 1e12)
@@ -399,6 +420,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default per shape)")
     parser.add_argument("--warmup", type=int, default=2, help="warmup steps (with --steps)")
     parser.add_argument("--micro_batch", type=int, default=None, help="override every shape's micro batch")
+    parser.add_argument("--arch", choices=tuple(ARCHS), default="gpt_neox",
+                        help="megatron_lite's architecture: gpt_neox (= transformers' model) or "
+                             "nanogpt (= nanogpt_style's model)")
     parser.add_argument("--compile", action="store_true", help="torch.compile all three models")
     parser.add_argument("--peak_tflops", type=float, default=H100_BF16_DENSE_TFLOPS,
                         help="device peak for MFU (default: H100 SXM bf16 dense)")
