@@ -81,8 +81,8 @@ CPU_SHAPES = (Shape("nanogpt_cpu", 4, 128, 4, 64, 12, 65), Shape("125M", 12, 768
 GPU_SHAPES = (Shape("125M", 12, 768, 12, 2048, 32, 50304), Shape("350M", 24, 1024, 16, 2048, 16, 50304),
               Shape("1.3B", 24, 2048, 16, 2048, 8, 50304))
 # (warmup steps, timed steps per repeat) by shape; CPU figures keep the suite under 5 minutes
-# (a 125M step takes seconds on 2 cores: one step per repeat is long enough to time).
-STEPS = {"nanogpt_cpu": (5, 20), "125M": (1, 1)}
+# (a 125M step takes seconds on 2 cores; its first two steps still allocate optimizer state).
+STEPS = {"nanogpt_cpu": (5, 20), "125M": (2, 2)}
 
 
 # megatron_lite's architecture options: GPT-NeoX's (what transformers' GPTNeoX builds: rotary,
@@ -139,15 +139,11 @@ def _free_port() -> str:
 
 
 def build_megatron_lite(cfg: Config, batches: list[torch.Tensor], device: torch.device) -> Step:
-    import torch.distributed as dist
-
     from megatron_lite.training import steps
     from megatron_lite.training.trainer import build_engine
     from megatron_lite.utils.distributed import init_distributed
 
-    if not dist.is_initialized() and not os.environ.get("MASTER_PORT"):
-        os.environ["MASTER_PORT"] = _free_port()  # other runs may hold the default 29500
-    state = init_distributed(cfg)
+    state = init_distributed(cfg)  # the group exists (_import_all): this builds our groups
     module = GPTModel(cfg.model, state, seed=cfg.training.seed)
     engine, _, lr_scheduler = build_engine(cfg, state, module, cfg.training.train_iters,
                                            on_gpu=device.type == "cuda")
@@ -409,6 +405,20 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def _import_all(shape: Shape, args: argparse.Namespace, device: torch.device) -> None:
+    """Imports and the process group up front: one-time process costs would otherwise count
+    in the memory of whichever implementation is built first."""
+    import deepspeed  # noqa: F401
+    import transformers  # noqa: F401
+
+    from megatron_lite.utils.distributed import init_distributed
+
+    if "megatron_lite" in args.impls:
+        if not os.environ.get("MASTER_PORT"):
+            os.environ["MASTER_PORT"] = _free_port()  # other runs may hold the default 29500
+        init_distributed(model_config(shape, device.type == "cuda", False, args.arch))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=("cpu", "gpu"), default=None,
@@ -450,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes = tuple(Shape(s.name, s.layers, s.hidden, s.heads, s.seq, args.micro_batch, s.vocab)
                        for s in shapes)
     meta = machine()
+    _import_all(shapes[0], args, device)
     records = []
     for shape in shapes:
         records += run_shape(shape, args, device)
