@@ -35,6 +35,7 @@ from megatron_lite.model.hf_interop import (  # noqa: E402
 from megatron_lite.tokenizer import build_tokenizer_from, vocab_size_of  # noqa: E402
 from megatron_lite.training.checkpoint_format import write_weights_checkpoint  # noqa: E402
 from megatron_lite.utils.cli import run_reporting_errors  # noqa: E402
+from megatron_lite.utils.files import atomic_write_text  # noqa: E402
 
 # HF tokenizer files -> (our tokenizer_type, the config keys they fill), first match wins.
 _TOKENIZER_FILES = (("HFTokenizer", ("tokenizer.json",)), ("GPT2BPETokenizer", ("vocab.json", "merges.txt")))
@@ -113,11 +114,9 @@ def convert(input_dir: str, output_dir: str, tp: int) -> tuple[str, bool]:
             shutil.rmtree(output_dir, ignore_errors=True)
         raise
     path = os.path.join(output_dir, "config.yml")
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.write(f"# Written by tools/convert_from_hf.py from {os.path.abspath(input_dir)}.\n"
-                     "# Fine-tune: add data paths, batch/lr settings and `finetune: true`.\n")
-        yaml.safe_dump(flat, handle, sort_keys=False)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, f"# Written by tools/convert_from_hf.py from {os.path.abspath(input_dir)}.\n"
+                            "# Fine-tune: add data paths, batch/lr settings and `finetune: true`.\n"
+                            + yaml.safe_dump(flat, sort_keys=False))
     return path, kind is not None
 
 

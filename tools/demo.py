@@ -90,17 +90,17 @@ def _write_heldout(path: str, references: str) -> str:
         for name in sorted(f for f in files if f.endswith(".py")):
             with open(os.path.join(folder, name), encoding="utf-8") as module:
                 modules.append(module.read())
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps({"text": text}) + "\n" for text in modules)
-    os.replace(path + ".tmp", path)
-    with open(references + ".tmp", "w", encoding="utf-8") as handle:
-        for text in modules:
-            lines = text.split("\n")
-            pairs = [(a, b.strip()) for a, b in zip(lines, lines[1:]) if a.startswith("def ") and b.strip().startswith('"""')]
-            if pairs:  # the prompt opens the docstring; the reference is its first line's text
-                reference = pairs[0][1][3:].replace('"""', "").strip()
-                handle.write(json.dumps({"prompt": pairs[0][0] + '\n    """', "reference": reference}) + "\n")
-    os.replace(references + ".tmp", references)
+    from megatron_lite.utils.files import atomic_write_jsonl
+
+    atomic_write_jsonl(path, ({"text": text} for text in modules))
+    records = []
+    for text in modules:
+        lines = text.split("\n")
+        pairs = [(a, b.strip()) for a, b in zip(lines, lines[1:]) if a.startswith("def ") and b.strip().startswith('"""')]
+        if pairs:  # the prompt opens the docstring; the reference is its first line's text
+            reference = pairs[0][1][3:].replace('"""', "").strip()
+            records.append({"prompt": pairs[0][0] + '\n    """', "reference": reference})
+    atomic_write_jsonl(references, records)
     return path
 
 

@@ -22,6 +22,7 @@ from megatron_lite.config import Config
 from megatron_lite.evaluation.lm_adapter import MegatronLiteLM, ReplicaGroup
 from megatron_lite.evaluation.perplexity import EvaluationError
 from megatron_lite.evaluation.tasks import TaskPlan, evaluate_tasks
+from megatron_lite.utils.files import atomic_write_jsonl, atomic_write_text
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -46,28 +47,6 @@ def results_path(cfg: Config) -> str:
     return os.path.join(root, f"{cfg.evaluation.eval_results_prefix}_{time.strftime('%Y%m%d-%H%M%S')}.json")
 
 
-def write_results(path: str, results: dict[str, Any]) -> None:
-    """Atomically (temporary name, then rename): a crash never leaves a partial results file."""
-    from lm_eval.utils import handle_non_serializable
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=2, default=handle_non_serializable, ensure_ascii=False)
-    os.replace(tmp, path)
-
-
-def write_jsonl(path: str, records: list[dict]) -> None:
-    """One JSON object per line, written atomically like the results file."""
-    from lm_eval.utils import handle_non_serializable
-
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, default=handle_non_serializable, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def metric_record(results: dict[str, Any]) -> dict[str, Any]:
     """Flat ``{"split": "eval", "<task>/<metric>": value}`` for metrics.jsonl / TensorBoard / wandb."""
     record: dict[str, Any] = {"split": "eval"}
@@ -88,7 +67,7 @@ def _sampling(cfg: Config) -> dict[str, Any]:
 def report(cfg: Config, run_dir: str, results: dict[str, Any], samples: list[dict], iteration: int) -> str:
     """Rank 0: the results file, per-task samples (bleu_rouge always, lm-eval tasks with
     ``eval_log_samples``), the table, the metric sinks."""
-    from lm_eval.utils import make_table
+    from lm_eval.utils import handle_non_serializable, make_table
 
     from megatron_lite.training.metrics import MetricsWriter
 
@@ -96,9 +75,10 @@ def report(cfg: Config, run_dir: str, results: dict[str, Any], samples: list[dic
     per_task = results.pop("samples", None) or {}
     if samples:
         per_task["bleu_rouge"] = samples
-    write_results(path, results)
+    # Written whole or not at all; lm-eval's results hold a few objects json cannot encode.
+    atomic_write_text(path, json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
     for task, records in per_task.items():
-        write_jsonl(os.path.join(run_dir, f"samples_{task}.jsonl"), records)
+        atomic_write_jsonl(os.path.join(run_dir, f"samples_{task}.jsonl"), records, default=handle_non_serializable)
     writer = MetricsWriter(cfg, run_dir, rank=0)
     writer.write({"iteration": iteration, **metric_record(results)}, step=iteration)
     writer.close()

@@ -18,6 +18,7 @@ from megatron_lite.inference.generation import Generation, generate_records
 from megatron_lite.model.gpt import GPTModel
 from megatron_lite.parallel.random import seed_everything
 from megatron_lite.utils.distributed import device_for, finish_worker, start_worker
+from megatron_lite.utils.files import atomic_write_jsonl
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -46,16 +47,6 @@ def read_prompts(path: str, prompt_end: str) -> list[str]:
 def record(prompt: str, gen: Generation) -> dict[str, Any]:
     return {"context": prompt, "text": gen.text, "length": len(gen.tokens),
             "finished": gen.finished, "duration_seconds": round(gen.duration_seconds, 4)}
-
-
-def write_jsonl(path: str, records: list[dict[str, Any]]) -> None:
-    """Written to a temporary name and renamed: never a half-written output file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for rec in records:
-            handle.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _sampling(cfg: Config) -> dict[str, Any]:
@@ -94,7 +85,7 @@ def run(cfg: Config, model: GPTModel, tokenizer: Any) -> int:
     records = [record(p, x) for p, x in zip(prompts, gens)]
     if rank0:
         if g.sample_output_file:
-            write_jsonl(g.sample_output_file, records)
+            atomic_write_jsonl(g.sample_output_file, records)
             logger.info("wrote %d samples to %s", len(records), g.sample_output_file)
         for rec in records[:10]:
             print(json.dumps(rec, ensure_ascii=False))

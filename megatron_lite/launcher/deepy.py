@@ -27,6 +27,7 @@ from typing import Any
 from megatron_lite.config import Config, ConfigError, dump_yaml, load_config
 from megatron_lite.launcher.resources import HostfileError, plan_world
 from megatron_lite.launcher.worker import CONFIG_ARG, RUN_DIR_ARG
+from megatron_lite.utils.files import atomic_write_text
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -148,10 +149,7 @@ def make_run_dir(cfg: Config, script: str) -> str:
     while os.path.exists(run_dir):
         run_dir, n = f"{base}-{n}", n + 1
     os.makedirs(run_dir)
-    tmp = os.path.join(run_dir, "config.yml.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(dump_yaml(cfg))
-    os.replace(tmp, os.path.join(run_dir, "config.yml"))
+    atomic_write_text(os.path.join(run_dir, "config.yml"), dump_yaml(cfg))
     return os.path.abspath(run_dir)
 
 

@@ -176,22 +176,17 @@ def write_weights_checkpoint(
     and a resuming ``load`` read; written to a temporary directory and renamed, then ``latest``
     moved atomically."""
     step = os.path.join(save_dir, step_dir_name(iteration))
-    tmp = step + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    for rank in range(model_parallel_size):
-        shard = shard_state_dict(full, model_parallel_size, rank, glu)
-        if pipe_parallel_size >= 1:
-            _write_layer_files(shard, tmp, rank)
-        else:
-            torch.save({"module": shard, "mp_world_size": model_parallel_size, "iteration": iteration},
-                       os.path.join(tmp, f"mp_rank_{rank:02d}_model_states.pt"))
-    meta = CheckpointMeta(iteration, consumed_train_samples, model_parallel_size, pipe_parallel_size,
-                          vocab_size=vocab_size, weights_only=True)
-    finish_step_dir(tmp, config_yaml, tokenizer_files, meta)
-    if os.path.exists(step):
-        shutil.rmtree(step)
-    os.replace(tmp, step)
+    with replace_dir_when_done(step) as tmp:
+        for rank in range(model_parallel_size):
+            shard = shard_state_dict(full, model_parallel_size, rank, glu)
+            if pipe_parallel_size >= 1:
+                _write_layer_files(shard, tmp, rank)
+            else:
+                torch.save({"module": shard, "mp_world_size": model_parallel_size, "iteration": iteration},
+                           os.path.join(tmp, f"mp_rank_{rank:02d}_model_states.pt"))
+        meta = CheckpointMeta(iteration, consumed_train_samples, model_parallel_size, pipe_parallel_size,
+                              vocab_size=vocab_size, weights_only=True)
+        finish_step_dir(tmp, config_yaml, tokenizer_files, meta)
     write_latest(save_dir, iteration)
     return step
 
