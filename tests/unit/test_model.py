@@ -101,3 +101,24 @@ def test_dropout_is_active_in_training_only():
     assert not torch.equal(model(tokens), model(tokens))
     model.eval()
     assert torch.equal(model(tokens), model(tokens))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8, 16, 17])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_decoding_linear_equals_f_linear(rows, with_bias):
+    """The CPU decoding path of parallel.layers.linear (weight @ x^T) is F.linear up to rounding,
+    keeps the input's leading shape, and is not taken where autograd records the product."""
+    import torch.nn.functional as F
+
+    from megatron_lite.parallel.layers import linear
+
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 1, 64, generator=gen)  # [b, s=1, in]: one new token per sequence
+    weight = torch.randn(1000, 64, generator=gen)
+    bias = torch.randn(1000, generator=gen) if with_bias else None
+    expected = F.linear(x, weight, bias)
+    with torch.no_grad():
+        got = linear(x, weight, bias)
+    assert got.shape == (rows, 1, 1000)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(linear(x, weight, bias), expected)  # grad enabled: F.linear itself
