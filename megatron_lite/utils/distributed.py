@@ -11,6 +11,7 @@ import torch.distributed as dist
 from megatron_lite.config import Config, pipe_stages
 from megatron_lite.launcher.worker import WorkerArgs, parse_worker_args
 from megatron_lite.parallel.state import ParallelState
+from megatron_lite.utils.allocator import keep_freed_memory
 from megatron_lite.utils.logging import get_logger, setup_logging
 
 logger = get_logger(__name__)
@@ -52,12 +53,15 @@ def init_distributed(cfg: Config, timeout_s: int = 600) -> ParallelState:
 
 def start_worker(argv: list[str] | None = None) -> tuple[WorkerArgs, ParallelState]:
     """What every entry script does first: read the config deepy.py passed, log to the run
-    directory (``rank<N>.log``, every rank; the console shows rank 0), build the groups."""
+    directory (``rank<N>.log``, every rank; the console shows rank 0), keep freed host memory
+    for reuse on the CPU (``utils/allocator.py``), build the groups."""
     args = parse_worker_args(argv)
     setup_logging(
         all_ranks=args.cfg.logging.log_all_ranks,
         log_file=os.path.join(args.run_dir, f"rank{args.rank}.log"),
     )
+    if not torch.cuda.is_available():
+        keep_freed_memory()
     return args, init_distributed(args.cfg)
 
 

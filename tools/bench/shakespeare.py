@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """megatron_lite vs a nanoGPT-style loop on shakespeare-char, side by side in one run.
 
-    python tools/bench/shakespeare.py --input path/to/tinyshakespeare.txt [--iters 2000] [--out r.json]
+    python tools/bench/shakespeare.py --input path/to/tinyshakespeare.txt [--iters 2000] [--repeats 2]
+        [--reference-keep-freed-memory] [--out r.json]
 
 Both train nanoGPT's CPU config (4 layers, 4 heads, width 128, context 64, batch 12, lr 1e-3
 cosine to 1e-4 after 100 warmup steps, AdamW betas 0.9/0.99, weight decay 0.1, dropout 0) on the
@@ -9,6 +10,12 @@ first 90% of the characters and report the validation loss on the last 10% and t
 their training loops. megatron_lite runs as a user runs it: ``deepy.py train.py
 configs/cpu_shakespeare.yml`` with the data preprocessed to .bin/.idx (byte-level
 CharLevelTokenizer, which on this ASCII corpus is character-level).
+
+With ``--repeats N`` the two alternate, the order swapping each repeat (this machine's speed
+drifts by up to 30% over minutes); each repeat's ratio and the medians are printed.
+megatron_lite's workers keep freed host memory for reuse (``megatron_lite/utils/allocator.py``);
+``--reference-keep-freed-memory`` gives the reference loop the same setting, to show how much
+of the difference that setting is.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +43,7 @@ from megatron_lite.data.indexed_dataset import (  # noqa: E402
     data_file_path,
     index_file_path,
 )
+from megatron_lite.utils.allocator import keep_freed_memory  # noqa: E402
 
 
 def write_dataset(prefix: str, data: np.ndarray) -> None:
@@ -69,30 +78,51 @@ def run_megatron_lite(work: str, iters: int, eval_iters: int) -> dict:
             "ms_per_iter": 1000 * loop_seconds / iters, "process_seconds": wall}
 
 
+def run_reference(raw: np.ndarray, cut: int, iters: int, eval_iters: int) -> dict:
+    vocab = int(raw.max()) + 1
+    return nano_train(raw[:cut].astype(np.int64), raw[cut:].astype(np.int64), NanoConfig(vocab_size=vocab),
+                      iters=iters, eval_iters=eval_iters)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="tinyshakespeare.txt")
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--eval_iters", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=1, help="alternating runs of both (order swaps)")
+    parser.add_argument("--reference-keep-freed-memory", action="store_true",
+                        help="apply megatron_lite's malloc setting to the reference loop too")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
+    if args.reference_keep_freed_memory and not keep_freed_memory():
+        parser.error("--reference-keep-freed-memory needs glibc (Linux)")
     raw = np.frombuffer(open(args.input, "rb").read(), dtype=np.uint8)
     cut = int(0.9 * len(raw))
-    with tempfile.TemporaryDirectory() as work:
-        write_dataset(os.path.join(work, "train_text_document"), raw[:cut])
-        write_dataset(os.path.join(work, "valid_text_document"), raw[cut:])
-        ours = run_megatron_lite(work, args.iters, args.eval_iters)
-    vocab = int(raw.max()) + 1
-    ref = nano_train(raw[:cut].astype(np.int64), raw[cut:].astype(np.int64), NanoConfig(vocab_size=vocab),
-                     iters=args.iters, eval_iters=args.eval_iters)
-    print(f"{'implementation':<16}{'val loss':>10}{'train loop s':>14}{'ms/iter':>10}")
-    for name, res in (("megatron_lite", ours), ("nanogpt_style", ref)):
-        print(f"{name:<16}{res['val_loss']:>10.4f}{res['train_seconds']:>14.1f}{res['ms_per_iter']:>10.1f}")
-    print(f"time ratio (nanogpt_style / megatron_lite): {ref['train_seconds'] / ours['train_seconds']:.2f}x; "
-          f"megatron_lite process incl. startup and eval: {ours['process_seconds']:.1f} s")
+    runs: dict[str, list[dict]] = {"megatron_lite": [], "nanogpt_style": []}
+    for repeat in range(args.repeats):
+        order = ("megatron_lite", "nanogpt_style")[:: 1 if repeat % 2 == 0 else -1]
+        for name in order:
+            if name == "megatron_lite":
+                with tempfile.TemporaryDirectory() as work:
+                    write_dataset(os.path.join(work, "train_text_document"), raw[:cut])
+                    write_dataset(os.path.join(work, "valid_text_document"), raw[cut:])
+                    runs[name].append(run_megatron_lite(work, args.iters, args.eval_iters))
+            else:
+                runs[name].append(run_reference(raw, cut, args.iters, args.eval_iters))
+    print(f"{'implementation':<16}{'val loss':>10}{'train loop s (each run)':>30}{'median ms/iter':>16}")
+    for name, results in runs.items():
+        each = " / ".join(f"{r['train_seconds']:.1f}" for r in results)
+        ms = statistics.median(r["ms_per_iter"] for r in results)
+        print(f"{name:<16}{results[-1]['val_loss']:>10.4f}{each:>30}{ms:>16.1f}")
+    ratios = [ref["train_seconds"] / ours["train_seconds"]
+              for ours, ref in zip(runs["megatron_lite"], runs["nanogpt_style"])]
+    print("time ratio (nanogpt_style / megatron_lite) per repeat: "
+          + ", ".join(f"{r:.2f}x" for r in ratios) + f"; median {statistics.median(ratios):.2f}x"
+          + (" (reference with the same malloc setting)" if args.reference_keep_freed_memory else ""))
     if args.out:
         with open(args.out, "w") as handle:
-            json.dump({"megatron_lite": ours, "nanogpt_style": ref, "iters": args.iters}, handle, indent=2)
+            json.dump({**runs, "iters": args.iters, "ratios": ratios,
+                       "reference_keep_freed_memory": args.reference_keep_freed_memory}, handle, indent=2)
     return 0
 
 
