@@ -34,6 +34,10 @@ def _entry(rank: int, fn: Callable, world_size: int, port: int, out_dir: str, ar
         result = ("error", traceback.format_exc())
     with open(os.path.join(out_dir, f"{rank}.pkl"), "wb") as handle:
         pickle.dump(result, handle)
+    # Exit without C++ static destructors, as workers do (utils.distributed.finish_worker):
+    # gloo/DeepSpeed threads torn down at interpreter exit occasionally abort the process
+    # ("terminate called without an active exception") after the result is written.
+    os._exit(0)
 
 
 def run_distributed(fn: Callable, world_size: int, *args: Any, timeout_s: float = 240) -> list[Any]:
