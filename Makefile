@@ -24,7 +24,9 @@ $(STAMP): $(REQS)
 	touch $(STAMP)
 
 test: install
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q tests
+	# DeepSpeed JIT-builds its CPU comm op per checkout; a build dir of our own keeps a stale lock
+	# or another checkout's build in ~/.cache from blocking the suite.
+	TORCH_EXTENSIONS_DIR=$(CURDIR)/.venv/torch_extensions HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q tests
 
 # The README's first command: corpus -> tokenizer -> preprocess -> train -> generate.
 demo: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
 
@@ -43,12 +44,33 @@ def init_distributed(cfg: Config, timeout_s: int = 600) -> ParallelState:
         deepspeed.init_distributed(
             dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False
         )
+        _unlink_deepspeed_shm_buffer()
     state = ParallelState.build(
         tp_size=cfg.parallel.model_parallel_size,
         pp_size=pipe_stages(cfg.parallel.pipe_parallel_size),
     )
     logger.info("parallel layout: %s", state.describe())
     return state
+
+
+def _unlink_deepspeed_shm_buffer() -> None:
+    """Remove this rank's name for DeepSpeed's CPU all-reduce buffer in /dev/shm.
+
+    When every rank is on one machine (the launcher's LOCAL_SIZE equals the world size),
+    DeepSpeed's CPU backend creates a 69 MB shared-memory file per rank,
+    ``deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>``, and never removes
+    it: every run left them behind in RAM-backed /dev/shm until it filled and new runs hung
+    waiting for their peers' files. Once every rank has mapped its peers' buffers (the barrier),
+    the names are not needed: the mappings stay valid, and the memory is freed when the last
+    rank exits, however it exits.
+    """
+    if os.environ.get("LOCAL_SIZE") != str(dist.get_world_size()):
+        return  # DeepSpeed made no buffer (its own condition)
+    dist.barrier()
+    name = "deepspeed_allreduce_buffer_{}_{}_{}_{}".format(
+        os.getuid(), os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""), dist.get_rank())
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join("/dev/shm", name))
 
 
 def start_worker(argv: list[str] | None = None) -> tuple[WorkerArgs, ParallelState]:

@@ -3,6 +3,7 @@ ParallelState; bad inputs fail before any worker starts; a two-node run is simul
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -60,6 +61,9 @@ def test_workers_report_consistent_parallel_state(tmp_path, world, tp, pp):
     cfg = write_config(tmp_path, num_gpus=world, model_parallel_size=tp, pipe_parallel_size=pp)
     result = deepy(REPORT, cfg)
     assert result.returncode == 0, result.stderr[-3000:]
+    # DeepSpeed's per-rank CPU all-reduce buffers in /dev/shm are unlinked, not left behind.
+    port = json.loads(Path(cfg).read_text())["master_port"]
+    assert not glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{port}_*")
     states = read_states(tmp_path)
     assert [s["rank"] for s in states] == list(range(world))
     stages = max(pp, 1)
