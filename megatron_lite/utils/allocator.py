@@ -13,7 +13,6 @@ size then stays near its peak.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 from megatron_lite.utils.logging import get_logger
@@ -34,8 +33,7 @@ def keep_freed_memory() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols, libc's among them
     except (OSError, AttributeError):
         return False
     ok = mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES) == 1 and mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES) == 1
