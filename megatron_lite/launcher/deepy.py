@@ -146,9 +146,12 @@ def make_run_dir(cfg: Config, script: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = os.path.join(root, f"{stamp}-{os.path.splitext(os.path.basename(script))[0]}")
     run_dir, n = base, 1
-    while os.path.exists(run_dir):
-        run_dir, n = f"{base}-{n}", n + 1
-    os.makedirs(run_dir)
+    while True:  # makedirs, not an existence check: two deepy processes may start in the same second
+        try:
+            os.makedirs(run_dir)
+            break
+        except FileExistsError:
+            run_dir, n = f"{base}-{n}", n + 1
     atomic_write_text(os.path.join(run_dir, "config.yml"), dump_yaml(cfg))
     return os.path.abspath(run_dir)
 
