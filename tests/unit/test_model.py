@@ -122,3 +122,42 @@ def test_decoding_linear_equals_f_linear(rows, with_bias):
     assert got.shape == (rows, 1, 1000)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(linear(x, weight, bias), expected)  # grad enabled: F.linear itself
+
+
+def _reference_attention(attn, x: torch.Tensor, heads: int, kv: int, rotary_ndims: int) -> torch.Tensor:
+    """Causal attention written out plainly: per-head slices of the fused projection,
+    rotate_half rotary on the first ``rotary_ndims`` dims, keys/values repeated per group."""
+    b, s, h = x.shape
+    d, per_group = h // heads, heads // kv
+    qkv = (x @ attn.query_key_value.weight.T + attn.query_key_value.bias).view(b, s, kv, per_group + 2, d)
+    q = qkv[:, :, :, :per_group].reshape(b, s, heads, d)
+    k = qkv[:, :, :, per_group].repeat_interleave(per_group, dim=2)
+    v = qkv[:, :, :, per_group + 1].repeat_interleave(per_group, dim=2)
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, rotary_ndims, 2).float() / rotary_ndims)
+    angles = torch.arange(s).float()[:, None] * inv_freq  # [s, rot/2]
+    cos, sin = torch.cat((angles, angles), -1).cos()[:, None], torch.cat((angles, angles), -1).sin()[:, None]
+
+    def rope(t):
+        r, rest = t[..., :rotary_ndims], t[..., rotary_ndims:]
+        first, second = r[..., : rotary_ndims // 2], r[..., rotary_ndims // 2 :]
+        return torch.cat((r * cos + torch.cat((-second, first), -1) * sin, rest), -1)
+
+    q, k, v = rope(q).transpose(1, 2), rope(k).transpose(1, 2), v.transpose(1, 2)  # [b, heads, s, d]
+    scores = (q @ k.transpose(-1, -2)) / d**0.5
+    scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
+    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, h)
+    return out @ attn.dense.weight.T + attn.dense.bias
+
+
+@pytest.mark.parametrize("kv_heads,rotary_pct", [(4, 1.0), (2, 0.5), (1, 0.25)])
+def test_attention_equals_a_plain_reference(kv_heads, rotary_pct):
+    # The fused QKV layout per key/value group, grouped-query attention and partial rotary
+    # against the textbook formulas (the GPTNeoX parity tests cover only one query per group).
+    cfg = model_cfg(pos_emb="rotary", rotary_pct=rotary_pct, num_kv_heads=kv_heads)
+    attn = GPTModel(cfg, seed=3).layers[0].attention
+    with torch.no_grad():
+        attn.query_key_value.bias.normal_(0, 0.02, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(2, 10, 64, generator=torch.Generator().manual_seed(5))
+    positions = torch.arange(10).unsqueeze(0)
+    expected = _reference_attention(attn, x, 4, kv_heads, int(16 * rotary_pct))
+    torch.testing.assert_close(attn(x, positions), expected, rtol=1e-5, atol=1e-5)
