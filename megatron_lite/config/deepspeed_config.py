@@ -75,6 +75,10 @@ def build_deepspeed_config(cfg: Config, on_gpu: bool) -> dict[str, Any]:
         "wall_clock_breakdown": tr.wall_clock_breakdown,
         # Our optimizer choice is validated by the config; let ZeRO accept torch's AdamW.
         "zero_allow_untested_optimizer": True,
+        # DeepSpeed's throughput timer is on by default and synchronizes the device when every
+        # forward starts and every step ends, so the host cannot queue the next step's work
+        # ahead of the device. We measure throughput ourselves, at log intervals.
+        "timers": {"throughput": {"enabled": False}},
     }
     if tr.precision == "fp16":
         fp16 = {k: v for k, v in tr.fp16.items() if k in _FP16_KEYS}

@@ -63,6 +63,8 @@ def _train(rank: int, world: int, stage: int) -> dict:
         "optimizer": type(optimizer).__name__,
         "params": flat,
         "global_steps": engine.global_steps,
+        # on a GPU it would synchronize the device at every forward and step
+        "throughput_timer": engine.tput_timer.config.enabled,
     }
     dist.destroy_process_group()
     return summary
@@ -72,6 +74,7 @@ def test_deepspeed_accepts_config_and_zero_stages_agree():
     reference = run_distributed(_train, 1, 0)[0]
     assert reference["train_batch_size"] == 8 and reference["gas"] == 2 and reference["micro"] == 4
     assert reference["global_steps"] == 2
+    assert reference["throughput_timer"] is False
     for stage in (0, 1, 2, 3):
         results = run_distributed(_train, 2, stage)
         for res in results:

@@ -1,4 +1,5 @@
-"""tools/bench/train.py writes one record per (shape, implementation) with the documented keys."""
+"""tools/bench/train.py writes one record per (shape, implementation) with the documented keys,
+and on out-of-memory halves the micro batch."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
+
+from tests.bench_module import load_train_bench
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,3 +39,29 @@ def test_bench_json_records(tmp_path):
         assert r["arch"] == {"transformers": "gpt_neox", "nanogpt_style": "nanogpt"}.get(r["impl"], "gpt_neox")
     assert report["suite"] == "cpu" and "load_avg_start" in report["meta"]
     assert "megatron_lite" in result.stdout and "ours vs it" in result.stdout
+
+
+def test_out_of_memory_halves_the_micro_batch_until_it_fits(monkeypatch, capsys):
+    bench = load_train_bench()
+    tried, limit = [], {"fits": 2}
+
+    def measure(cfg, batches, impls, warmup, steps, repeats, device):
+        micro = cfg.training.train_micro_batch_size_per_gpu
+        tried.append(micro)
+        if micro > limit["fits"]:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return {impl: bench.Measured(ms=[10.0], peak_mem_mb=1.0) for impl in impls}
+
+    monkeypatch.setattr(bench, "measure_resident", measure)
+    args = bench.parse_args(["--suite", "cpu", "--steps", "1", "--impls", "megatron_lite"])
+    shape = bench.Shape("tiny", 1, 32, 2, 16, 8, 64)
+    records = bench.run_shape(shape, args, torch.device("cpu"))
+    assert tried == [8, 4, 2]
+    assert [r["micro_batch"] for r in records] == [2]
+    assert records[0]["tokens_per_s"] == 2 * 16 * 1000.0 / 10.0
+    assert "retrying with micro batch 2" in capsys.readouterr().out
+    tried.clear()
+    limit["fits"] = 0
+    with pytest.raises(torch.OutOfMemoryError):  # nothing fits: 4, 2, 1, then the error itself
+        bench.run_shape(bench.Shape("tiny", 1, 32, 2, 16, 4, 64), args, torch.device("cpu"))
+    assert tried == [4, 2, 1]

@@ -344,11 +344,13 @@ def run_shape(shape: Shape, args: argparse.Namespace, device: torch.device) -> l
         except torch.OutOfMemoryError:
             if shape.batch == 1:
                 raise
-            gc.collect()
-            torch.cuda.empty_cache()
-            shape = Shape(shape.name, shape.layers, shape.hidden, shape.heads, shape.seq,
-                          shape.batch // 2, shape.vocab)
-            print(f"{shape.name}: out of memory, retrying with micro batch {shape.batch}", flush=True)
+        # Past the except block the exception's traceback, and the model its frames hold, are
+        # gone: only now can collecting and emptying the cache give that memory back.
+        gc.collect()
+        torch.cuda.empty_cache()
+        shape = Shape(shape.name, shape.layers, shape.hidden, shape.heads, shape.seq,
+                      shape.batch // 2, shape.vocab)
+        print(f"{shape.name}: out of memory, retrying with micro batch {shape.batch}", flush=True)
     return [_record(shape, cfg, impl, m, args, device) | {"arch": arch_of(impl, args.arch)}
             for impl, m in results.items()]
 
