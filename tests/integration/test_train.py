@@ -228,3 +228,15 @@ def test_compile_matches_eager(tmp_path, data_prefix, reference):
     assert sorted(losses) == sorted(reference)
     for it, loss in reference.items():
         assert losses[it] == pytest.approx(loss, rel=1e-4, abs=1e-4), f"iteration {it}"
+
+
+def test_bf16_training_tracks_fp32(tmp_path, data_prefix, reference):
+    """``bf16: {enabled: true}`` trains through DeepSpeed's bf16 optimizer (bf16 weights and
+    activations, fp32 master weights); on the CPU too, where it is slow but runs."""
+    run_train(tmp_path, base_config(tmp_path, data_prefix, train_micro_batch_size_per_gpu=4,
+                                    bf16={"enabled": True}))
+    losses = train_losses(tmp_path)
+    assert sorted(losses) == sorted(reference)
+    for it, loss in reference.items():  # bf16 rounding: about 3 significant digits
+        assert losses[it] == pytest.approx(loss, rel=2e-2), f"iteration {it}"
+    assert losses != reference  # it did run in bf16
