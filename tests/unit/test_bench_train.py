@@ -17,12 +17,14 @@ from tests.bench_module import load_train_bench
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_bench_json_records(tmp_path):
+@pytest.mark.parametrize("isolate", [False, True], ids=["resident", "isolated"])
+def test_bench_json_records(tmp_path, isolate):
     out = tmp_path / "bench.json"
     # A subprocess: the bench starts a (one-rank) process group, which unit tests do not have.
     result = subprocess.run(
         [sys.executable, str(REPO / "tools" / "bench" / "train.py"), "--shapes", "nanogpt_cpu",
-         "--repeats", "2", "--steps", "1", "--warmup", "1", "--out", str(out)],
+         "--repeats", "2", "--steps", "1", "--warmup", "1", "--out", str(out)]
+        + (["--isolate"] if isolate else []),
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
         env={k: v for k, v in os.environ.items() if k != "MASTER_PORT"} | {"PYTHONPATH": str(REPO)},
     )
@@ -37,8 +39,19 @@ def test_bench_json_records(tmp_path):
         assert r["tokens_per_s"] == r["micro_batch"] * r["seq"] * 1000.0 / r["ms_per_step"]
         assert "mfu" not in r  # MFU only on a GPU
         assert r["arch"] == {"transformers": "gpt_neox", "nanogpt_style": "nanogpt"}.get(r["impl"], "gpt_neox")
+        if isolate:  # ours keeps freed memory as train.py's workers do; the references do not
+            assert r["keep_freed_memory"] == (r["impl"] == "megatron_lite")
     assert report["suite"] == "cpu" and "load_avg_start" in report["meta"]
+    assert report["isolate"] is isolate
     assert "megatron_lite" in result.stdout and "ours vs it" in result.stdout
+
+
+def test_isolated_allocator_choice_and_option_errors(capsys):
+    bench = load_train_bench()
+    same = bench.parse_args(["--isolate", "--reference-keep-freed-memory"])
+    assert all(bench._keeps_freed_memory(impl, same) for impl in bench.IMPLS)
+    assert bench.main(["--reference-keep-freed-memory"]) == 2
+    assert "needs --isolate" in capsys.readouterr().err
 
 
 def test_out_of_memory_halves_the_micro_batch_until_it_fits(monkeypatch, capsys):

@@ -28,11 +28,13 @@ and warmed up (approximate); on a GPU each repeat rebuilds one implementation at
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import dataclasses
 import datetime
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import socket
@@ -40,6 +42,7 @@ import statistics
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -57,6 +60,7 @@ import nanogpt_style  # noqa: E402
 from megatron_lite.config import Config, config_from_flat  # noqa: E402
 from megatron_lite.config.derived import resolve  # noqa: E402
 from megatron_lite.model.gpt import GPTModel, flops_per_token  # noqa: E402
+from megatron_lite.utils.allocator import keep_freed_memory  # noqa: E402
 
 IMPLS = ("megatron_lite", "transformers", "nanogpt_style")
 LR, MIN_LR, BETAS, EPS, WEIGHT_DECAY, GRAD_CLIP = 6e-4, 6e-5, (0.9, 0.95), 1e-8, 0.1, 1.0
@@ -330,10 +334,83 @@ def measure_rebuilding(cfg: Config, batches: list[torch.Tensor], impls: tuple[st
     return results
 
 
+def _keeps_freed_memory(impl: str, args: argparse.Namespace) -> bool:
+    """Whether ``impl``'s isolated process keeps freed memory: ours does, as train.py's CPU
+    workers do; the references only with ``--reference-keep-freed-memory``."""
+    return impl == "megatron_lite" or args.reference_keep_freed_memory
+
+
+def _isolated_worker(impl: str, shape: Shape, args: argparse.Namespace, conn: Any) -> None:
+    """One implementation in a process of its own: build and warm up, report the memory, then
+    time ``n`` steps per request until told to stop (None)."""
+    try:
+        if _keeps_freed_memory(impl, args):
+            keep_freed_memory()
+        device = torch.device("cpu")
+        _import_all(shape, argparse.Namespace(**{**vars(args), "impls": [impl]}), device)
+        warmup, steps = _steps_for(shape, args)
+        cfg = model_config(shape, False, args.compile, args.arch)
+        step, peak = _warm(impl, cfg, random_batches(shape, max(steps, 4)), device, warmup)
+        conn.send(("ok", peak))
+        while (count := conn.recv()) is not None:
+            conn.send(("ok", time_steps(step, count, device)))
+    except BaseException:  # noqa: BLE001 - the parent reports it with the worker's traceback
+        conn.send(("error", traceback.format_exc()))
+    conn.close()
+    os._exit(0)  # skip process-group teardown (see tests/distributed/spawn.py)
+
+
+def _reply(impl: str, conn: Any) -> Any:
+    status, value = conn.recv()
+    if status != "ok":
+        raise RuntimeError(f"{impl} worker failed:\n{value}")
+    return value
+
+
+def measure_isolated(shape: Shape, args: argparse.Namespace, impls: tuple[str, ...],
+                     steps: int, repeats: int) -> dict[str, Measured]:
+    """CPU, ``--isolate``: each implementation in a process of its own, set up as its users'
+    would be (our train.py keeps freed host memory; see ``_keeps_freed_memory``). They are
+    built one after another, then the timed repeats alternate between them as in
+    ``measure_resident``; a process waits, idle, while another runs."""
+    ctx = multiprocessing.get_context("spawn")
+    results, workers = {impl: Measured() for impl in impls}, {}
+    try:
+        for impl in impls:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_isolated_worker, args=(impl, shape, args, child), daemon=True)
+            proc.start()
+            workers[impl] = (proc, parent)
+            results[impl].peak_mem_mb = _reply(impl, parent)
+        for r in range(repeats):
+            for impl in impls[r % len(impls):] + impls[: r % len(impls)]:
+                workers[impl][1].send(steps)
+                results[impl].ms.append(_reply(impl, workers[impl][1]))
+    finally:
+        for proc, conn in workers.values():
+            with contextlib.suppress(OSError):
+                conn.send(None)
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    return results
+
+
+def _steps_for(shape: Shape, args: argparse.Namespace) -> tuple[int, int]:
+    """(warmup steps, timed steps per repeat) for ``shape``."""
+    return (args.warmup, args.steps) if args.steps else STEPS.get(shape.name, (3, 10))
+
+
 def run_shape(shape: Shape, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     """Records for one shape; on a GPU out-of-memory halves the micro batch and starts over."""
     bf16 = args.suite == "gpu"
-    warmup, steps = (args.warmup, args.steps) if args.steps else STEPS.get(shape.name, (3, 10))
+    warmup, steps = _steps_for(shape, args)
+    if args.isolate:
+        results = measure_isolated(shape, args, tuple(args.impls), steps, args.repeats)
+        cfg = model_config(shape, bf16, args.compile, args.arch)
+        return [_record(shape, cfg, impl, m, args, device)
+                | {"arch": arch_of(impl, args.arch), "keep_freed_memory": _keeps_freed_memory(impl, args)}
+                for impl, m in results.items()]
     while True:
         cfg = model_config(shape, bf16, args.compile, args.arch)
         batches = random_batches(shape, max(steps, 4))
@@ -436,6 +513,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="megatron_lite's architecture: gpt_neox (= transformers' model) or "
                              "nanogpt (= nanogpt_style's model)")
     parser.add_argument("--compile", action="store_true", help="torch.compile all three models")
+    parser.add_argument("--isolate", action="store_true",
+                        help="CPU: each implementation in a process of its own, ours keeping freed host "
+                             "memory as train.py's workers do (the references: glibc's defaults)")
+    parser.add_argument("--reference-keep-freed-memory", action="store_true",
+                        help="with --isolate: the references keep freed memory too (same allocator)")
     parser.add_argument("--peak_tflops", type=float, default=H100_BF16_DENSE_TFLOPS,
                         help="device peak for MFU (default: H100 SXM bf16 dense)")
     parser.add_argument("--out", default=None, help="write the records as JSON here")
@@ -452,6 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite == "gpu" and not torch.cuda.is_available():
         print("--suite gpu needs CUDA", file=sys.stderr)
         return 2
+    if args.isolate and args.suite != "cpu":
+        print("--isolate is for the CPU suite (the GPU suite already builds one at a time)", file=sys.stderr)
+        return 2
+    if args.reference_keep_freed_memory and not args.isolate:
+        print("--reference-keep-freed-memory needs --isolate", file=sys.stderr)
+        return 2
     device = torch.device("cuda" if args.suite == "gpu" else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as nanoGPT and DeepSpeed runs do
@@ -462,17 +550,21 @@ def main(argv: list[str] | None = None) -> int:
         shapes = tuple(Shape(s.name, s.layers, s.hidden, s.heads, s.seq, args.micro_batch, s.vocab)
                        for s in shapes)
     meta = machine()
-    _import_all(shapes[0], args, device)
+    if not args.isolate:  # isolated workers import and set up their own
+        _import_all(shapes[0], args, device)
     records = []
     for shape in shapes:
         records += run_shape(shape, args, device)
     meta["load_avg_end"] = list(os.getloadavg())
     print_table(records)
     print(f"load average (1/5/15 min): start {meta['load_avg_start']}, end {meta['load_avg_end']}")
+    if args.isolate:
+        print("isolated processes; keeping freed memory: "
+              + ", ".join(r["impl"] for r in records if r["keep_freed_memory"] and r["shape"] == shapes[0].name))
     if args.out:
         with open(args.out, "w") as handle:
             json.dump({"meta": meta, "suite": args.suite, "repeats": args.repeats,
-                       "records": records}, handle, indent=2)
+                       "isolate": args.isolate, "records": records}, handle, indent=2)
     return 0
 
 
