@@ -1,4 +1,4 @@
-"""tools/bench/shakespeare.py and tools/bench/generate.py run end to end on tiny settings and
+"""tools/bench/shakespeare.py, generate.py and arch_cost.py run end to end on tiny settings and
 write the documented JSON (the figures themselves are measured by hand: see the README)."""
 
 from __future__ import annotations
@@ -46,3 +46,15 @@ def test_generate_bench_reports_both_batches(tmp_path):
     for batch in report.values():
         assert batch["megatron_lite"] > 0 and batch["transformers"] > 0
     assert "ratio" in result.stdout
+
+
+def test_arch_cost_times_every_architecture(tmp_path):
+    out = tmp_path / "a.json"
+    result = _run([str(REPO / "tools" / "bench" / "arch_cost.py"), "--blocks", "2", "--steps", "1",
+                   "--out", str(out)], tmp_path)
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == ["gpt_neox", "learned_positions", "no_biases", "nanogpt"]
+    assert results["gpt_neox"]["gpt_neox_over_it"] == 1.0
+    for r in results.values():
+        assert len(r["ms_per_block"]) == 2 and r["ms_per_step"] > 0
+    assert "gpt_neox / it" in result.stdout
