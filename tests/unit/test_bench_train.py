@@ -17,14 +17,14 @@ from tests.bench_module import load_train_bench
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("isolate", [False, True], ids=["resident", "isolated"])
+@pytest.mark.parametrize("isolate", [False, True], ids=["resident_fp32", "isolated_bf16"])
 def test_bench_json_records(tmp_path, isolate):
     out = tmp_path / "bench.json"
     # A subprocess: the bench starts a (one-rank) process group, which unit tests do not have.
     result = subprocess.run(
         [sys.executable, str(REPO / "tools" / "bench" / "train.py"), "--shapes", "nanogpt_cpu",
          "--repeats", "2", "--steps", "1", "--warmup", "1", "--out", str(out)]
-        + (["--isolate"] if isolate else []),
+        + (["--isolate", "--bf16"] if isolate else []),
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
         env={k: v for k, v in os.environ.items() if k != "MASTER_PORT"} | {"PYTHONPATH": str(REPO)},
     )
@@ -39,6 +39,7 @@ def test_bench_json_records(tmp_path, isolate):
         assert r["tokens_per_s"] == r["micro_batch"] * r["seq"] * 1000.0 / r["ms_per_step"]
         assert "mfu" not in r  # MFU only on a GPU
         assert r["arch"] == {"transformers": "gpt_neox", "nanogpt_style": "nanogpt"}.get(r["impl"], "gpt_neox")
+        assert r["precision"] == ("bfloat16" if isolate else "fp32")
         if isolate:  # ours keeps freed memory as train.py's workers do; the references do not
             assert r["keep_freed_memory"] == (r["impl"] == "megatron_lite")
     assert report["suite"] == "cpu" and "load_avg_start" in report["meta"]

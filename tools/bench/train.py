@@ -3,6 +3,7 @@
 
     python tools/bench/train.py                      # CPU suite (under 5 minutes on 2 cores)
     python tools/bench/train.py --suite gpu --out gpu.json   # bf16 on one GPU, with MFU
+    python tools/bench/train.py --isolate [--bf16]           # CPU, each in its own process
 
 All three train the same shape on the same random tokens (fixed seed) with the same optimizer
 settings (AdamW lr 6e-4, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices, gradient
@@ -349,7 +350,7 @@ def _isolated_worker(impl: str, shape: Shape, args: argparse.Namespace, conn: An
         device = torch.device("cpu")
         _import_all(shape, argparse.Namespace(**{**vars(args), "impls": [impl]}), device)
         warmup, steps = _steps_for(shape, args)
-        cfg = model_config(shape, False, args.compile, args.arch)
+        cfg = model_config(shape, args.bf16, args.compile, args.arch)
         step, peak = _warm(impl, cfg, random_batches(shape, max(steps, 4)), device, warmup)
         conn.send(("ok", peak))
         while (count := conn.recv()) is not None:
@@ -403,7 +404,7 @@ def _steps_for(shape: Shape, args: argparse.Namespace) -> tuple[int, int]:
 
 def run_shape(shape: Shape, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     """Records for one shape; on a GPU out-of-memory halves the micro batch and starts over."""
-    bf16 = args.suite == "gpu"
+    bf16 = args.bf16
     warmup, steps = _steps_for(shape, args)
     if args.isolate:
         results = measure_isolated(shape, args, tuple(args.impls), steps, args.repeats)
@@ -495,7 +496,7 @@ def _import_all(shape: Shape, args: argparse.Namespace, device: torch.device) ->
     if "megatron_lite" in args.impls:
         if not os.environ.get("MASTER_PORT"):
             os.environ["MASTER_PORT"] = _free_port()  # other runs may hold the default 29500
-        init_distributed(model_config(shape, device.type == "cuda", False, args.arch))
+        init_distributed(model_config(shape, args.bf16, False, args.arch))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -513,6 +514,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="megatron_lite's architecture: gpt_neox (= transformers' model) or "
                              "nanogpt (= nanogpt_style's model)")
     parser.add_argument("--compile", action="store_true", help="torch.compile all three models")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="train in bf16 (ours: DeepSpeed bf16; the references: autocast); "
+                             "default: on for the GPU suite, off for the CPU suite")
     parser.add_argument("--isolate", action="store_true",
                         help="CPU: each implementation in a process of its own, ours keeping freed host "
                              "memory as train.py's workers do (the references: glibc's defaults)")
@@ -524,6 +528,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.suite is None:
         args.suite = "gpu" if torch.cuda.is_available() else "cpu"
+    if args.bf16 is None:
+        args.bf16 = args.suite == "gpu"
     if args.repeats is None:
         args.repeats = 5 if args.suite == "cpu" else 3
     return args
