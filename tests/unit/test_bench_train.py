@@ -40,6 +40,8 @@ def test_bench_json_records(tmp_path, isolate):
         assert "mfu" not in r  # MFU only on a GPU
         assert r["arch"] == {"transformers": "gpt_neox", "nanogpt_style": "nanogpt"}.get(r["impl"], "gpt_neox")
         assert r["precision"] == ("bfloat16" if isolate else "fp32")
+        if r["impl"] != "megatron_lite":  # per repeat round, its time over ours, and the median
+            assert len(r["vs_megatron_lite_per_repeat"]) == 2 and r["vs_megatron_lite"] > 0
         if isolate:  # ours keeps freed memory as train.py's workers do; the references do not
             assert r["keep_freed_memory"] == (r["impl"] == "megatron_lite")
     assert report["suite"] == "cpu" and "load_avg_start" in report["meta"]

@@ -13,7 +13,8 @@ clipping 1.0), each in its own idiom:
   ``trainer.build_engine`` (our parameter groups, LR schedule and clipping) and stepped by
   ``steps.train_step``, the function ``train.py`` runs; one process, world size 1.
 - ``transformers``: ``GPTNeoXForCausalLM`` with sdpa attention, built from the same model config
-  (``hf_config_dict``: identical architecture and parameter count), torch AdamW, cosine schedule,
+  (``hf_config_dict``: identical architecture and parameter count), torch's fused AdamW (Trainer's
+  default optimizer), cosine schedule,
   autocast for bf16 (what ``Trainer(bf16=True)`` does).
 - ``nanogpt_style``: ``tools/bench/nanogpt_style.py`` at the same layers, width, heads, context
   and vocabulary (its own architecture: learned positions, no biases, tied head), autocast bf16.
@@ -183,8 +184,11 @@ def build_transformers(cfg: Config, batches: list[torch.Tensor], device: torch.d
         model.compile()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
+    # fused=True: what Trainer uses by default (optim="adamw_torch_fused" with torch >= 2.8),
+    # on the CPU as on a GPU.
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=BETAS, eps=EPS)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=BETAS, eps=EPS,
+                            fused=True)
     sched = get_cosine_schedule_with_warmup(opt, 1000, cfg.training.train_iters)
     data, dtype = _xy(batches, device), _autocast_dtype(cfg)
 
@@ -455,17 +459,30 @@ def _record(shape: Shape, cfg: Config, impl: str, m: Measured, args: argparse.Na
 
 # ---- report -----------------------------------------------------------------------------------
 
+def add_ratios(records: list[dict[str, Any]]) -> None:
+    """``vs_megatron_lite``: for each repeat, the record's ms/step over ours in the same repeat
+    round (the rounds alternate between implementations, so a pair is measured minutes apart at
+    most; this machine's speed drifts more than that), and their median."""
+    for r in records:
+        ours = next((o for o in records if o["shape"] == r["shape"] and o["impl"] == "megatron_lite"), None)
+        if ours is None or r is ours:
+            continue
+        per_repeat = [a / b for a, b in zip(r["ms_per_step_repeats"], ours["ms_per_step_repeats"])]
+        r["vs_megatron_lite_per_repeat"] = per_repeat
+        r["vs_megatron_lite"] = statistics.median(per_repeat)
+
+
 def print_table(records: list[dict[str, Any]]) -> None:
     mfu = any("mfu" in r for r in records)
     print(f"{'shape':<12}{'impl':<16}{'ms/step':>10}{'tokens/s':>12}{'peak MB':>10}"
           + (f"{'MFU':>8}" if mfu else "") + f"{'ours vs it':>12}")
     for r in records:
-        ours = next((o for o in records if o["shape"] == r["shape"] and o["impl"] == "megatron_lite"), None)
-        ratio = f"{r['ms_per_step'] / ours['ms_per_step']:.2f}x" if ours and r is not ours else ""
+        ratio = f"{r['vs_megatron_lite']:.2f}x" if "vs_megatron_lite" in r else ""
         line = f"{r['shape']:<12}{r['impl']:<16}{r['ms_per_step']:>10.1f}{r['tokens_per_s']:>12.0f}"
         line += f"{r['peak_mem_mb']:>10.0f}" + (f"{100 * r['mfu']:>7.1f}%" if mfu else "")
         print(line + f"{ratio:>12}")
-    print("ours vs it: its ms/step over megatron_lite's (above 1 = megatron_lite is faster)")
+    print("ms/step: median of the repeats; ours vs it: median over repeat rounds of its ms/step over "
+          "megatron_lite's in the same round (above 1 = megatron_lite is faster)")
 
 
 def machine() -> dict[str, Any]:
@@ -562,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape in shapes:
         records += run_shape(shape, args, device)
     meta["load_avg_end"] = list(os.getloadavg())
+    add_ratios(records)
     print_table(records)
     print(f"load average (1/5/15 min): start {meta['load_avg_start']}, end {meta['load_avg_end']}")
     if args.isolate:
