@@ -347,7 +347,7 @@ def _keeps_freed_memory(impl: str, args: argparse.Namespace) -> bool:
 
 def _isolated_worker(impl: str, shape: Shape, args: argparse.Namespace, conn: Any) -> None:
     """One implementation in a process of its own: build and warm up, report the memory, then
-    time ``n`` steps per request until told to stop (None)."""
+    time as many steps as each request asks for until told to stop (None)."""
     try:
         if _keeps_freed_memory(impl, args):
             keep_freed_memory()
@@ -366,7 +366,10 @@ def _isolated_worker(impl: str, shape: Shape, args: argparse.Namespace, conn: An
 
 
 def _reply(impl: str, conn: Any) -> Any:
-    status, value = conn.recv()
+    try:
+        status, value = conn.recv()
+    except EOFError:
+        raise RuntimeError(f"{impl} worker exited without replying (killed, e.g. out of memory?)") from None
     if status != "ok":
         raise RuntimeError(f"{impl} worker failed:\n{value}")
     return value
