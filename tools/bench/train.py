@@ -411,21 +411,28 @@ def _steps_for(shape: Shape, args: argparse.Namespace) -> tuple[int, int]:
 
 def run_shape(shape: Shape, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     """Records for one shape; on a GPU out-of-memory halves the micro batch and starts over."""
-    bf16 = args.bf16
     warmup, steps = _steps_for(shape, args)
+    cfg = model_config(shape, args.bf16, args.compile, args.arch)
     if args.isolate:
         results = measure_isolated(shape, args, tuple(args.impls), steps, args.repeats)
-        cfg = model_config(shape, bf16, args.compile, args.arch)
-        return [_record(shape, cfg, impl, m, args, device)
-                | {"arch": arch_of(impl, args.arch), "keep_freed_memory": _keeps_freed_memory(impl, args)}
-                for impl, m in results.items()]
+    else:
+        results, shape, cfg = _measure_halving_on_oom(shape, cfg, args, warmup, steps, device)
+    records = [_record(shape, cfg, impl, m, args, device) | {"arch": arch_of(impl, args.arch)}
+               for impl, m in results.items()]
+    if args.isolate:
+        for r in records:
+            r["keep_freed_memory"] = _keeps_freed_memory(r["impl"], args)
+    return records
+
+
+def _measure_halving_on_oom(shape: Shape, cfg: Config, args: argparse.Namespace, warmup: int, steps: int,
+                            device: torch.device) -> tuple[dict[str, Measured], Shape, Config]:
+    """Measure in this process; on out-of-memory halve the micro batch and start over."""
     while True:
-        cfg = model_config(shape, bf16, args.compile, args.arch)
         batches = random_batches(shape, max(steps, 4))
         measure = measure_rebuilding if device.type == "cuda" else measure_resident
         try:
-            results = measure(cfg, batches, tuple(args.impls), warmup, steps, args.repeats, device)
-            break
+            return measure(cfg, batches, tuple(args.impls), warmup, steps, args.repeats, device), shape, cfg
         except torch.OutOfMemoryError:
             if shape.batch == 1:
                 raise
@@ -435,9 +442,8 @@ def run_shape(shape: Shape, args: argparse.Namespace, device: torch.device) -> l
         torch.cuda.empty_cache()
         shape = Shape(shape.name, shape.layers, shape.hidden, shape.heads, shape.seq,
                       shape.batch // 2, shape.vocab)
+        cfg = model_config(shape, args.bf16, args.compile, args.arch)
         print(f"{shape.name}: out of memory, retrying with micro batch {shape.batch}", flush=True)
-    return [_record(shape, cfg, impl, m, args, device) | {"arch": arch_of(impl, args.arch)}
-            for impl, m in results.items()]
 
 
 def arch_of(impl: str, megatron_lite_arch: str) -> str:
