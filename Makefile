@@ -20,7 +20,8 @@ $(STAMP): $(REQS)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
 	# DeepSpeed is a source package that imports torch in its setup: no build isolation.
 	$(PIP) install --no-build-isolation -r requirements/requirements.txt -r requirements/requirements-dev.txt
-	$(PIP) install --no-build-isolation --no-deps -e .
+	# pyproject.toml declares the same ranges, all satisfied by now: this installs only the package.
+	$(PIP) install --no-build-isolation -e .
 	touch $(STAMP)
 
 test: install

@@ -14,7 +14,7 @@ __all__ = ["generate", "load_model"]
 
 def load_model(path: str, device: Any = "cpu", iteration: int | None = None) -> Any:
     """``(model, tokenizer)`` from a checkpoint directory or a Hugging Face GPTNeoX directory."""
-    from megatron_lite.api import load_model as _load
+    from megatron_lite.checkpoint import load_model as _load
 
     return _load(path, device=device, iteration=iteration)
 

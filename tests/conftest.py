@@ -1,7 +1,7 @@
-"""Shared test setup: no network, no GPU assumptions, the repo on sys.path."""
+"""Shared test setup: no network, no GPU assumptions. megatron_lite is the installed (editable)
+package; ``tests`` is importable from the repository root, which pytest puts on sys.path."""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +12,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def pytest_collection_modifyitems(config, items):

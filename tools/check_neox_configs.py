@@ -15,9 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_lite.config import ConfigError, layout_world_size, load_config  # noqa: E402
+from megatron_lite.config import ConfigError, layout_world_size, load_config
 
 
 def main() -> int:

@@ -15,27 +15,21 @@ vocab.json + merges.txt (GPT2BPETokenizer), copied next to the checkpoint.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 
 import yaml
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_lite.config import config_from_flat, dump_yaml, pad_vocab_size  # noqa: E402
-from megatron_lite.config.derived import resolve  # noqa: E402
-from megatron_lite.model.hf_interop import (  # noqa: E402
-    UnsupportedForHF,
-    is_hf_dir,
-    model_keys_from_hf,
-    read_hf_dir,
-    state_dict_from_hf,
-)
-from megatron_lite.tokenizer import build_tokenizer_from, vocab_size_of  # noqa: E402
-from megatron_lite.training.checkpoint_format import write_weights_checkpoint  # noqa: E402
-from megatron_lite.utils.cli import run_reporting_errors  # noqa: E402
-from megatron_lite.utils.files import atomic_write_text  # noqa: E402
+from megatron_lite.checkpoint.hf import UnsupportedForHF, is_hf_dir, model_keys_from_hf
+from megatron_lite.checkpoint.loader import load_weights
+from megatron_lite.checkpoint.weights import fit_vocab_rows, write_weights_checkpoint
+from megatron_lite.config import config_from_flat, dump_yaml, pad_vocab_size
+from megatron_lite.config.derived import resolve
+from megatron_lite.tokenizer import build_tokenizer_from, vocab_size_of
+from megatron_lite.utils.cli import run_reporting_errors
+from megatron_lite.utils.files import atomic_write_text
 
 # HF tokenizer files -> (our tokenizer_type, the config keys they fill), first match wins.
 _TOKENIZER_FILES = (("HFTokenizer", ("tokenizer.json",)), ("GPT2BPETokenizer", ("vocab.json", "merges.txt")))
@@ -98,15 +92,17 @@ def convert(input_dir: str, output_dir: str, tp: int) -> tuple[str, bool]:
 
     An output directory this call created is removed again if anything fails."""
     _check_paths(input_dir, output_dir)
-    hf_config, weights = read_hf_dir(input_dir)
-    model_keys_from_hf(hf_config)  # unsupported architecture: fail before writing anything
+    with open(os.path.join(input_dir, "config.json"), encoding="utf-8") as handle:
+        hf_config = json.load(handle)
+    model_keys_from_hf(hf_config)  # unsupported architecture: fail before reading weights or writing
+    _, weights, _, _ = load_weights(input_dir)  # the one loader: our names, our padding
     created = not os.path.exists(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     try:
         kind, files = copy_tokenizer(input_dir, output_dir)
         flat = ready_config(hf_config, output_dir, tp, kind, files)
         cfg = resolve(config_from_flat(flat), tp)  # validates: heads divisible by tp, ...
-        full = state_dict_from_hf(weights, cfg.model.padded_vocab_size, tied=not cfg.model.no_weight_tying)
+        full = fit_vocab_rows(weights, cfg.model.padded_vocab_size)
         write_weights_checkpoint(full, output_dir, dump_yaml(cfg), tp, glu=False,
                                  tokenizer_files=files or None, vocab_size=hf_config["vocab_size"])
     except BaseException:

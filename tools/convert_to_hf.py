@@ -19,11 +19,8 @@ import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_lite.api import load_weights  # noqa: E402
-from megatron_lite.model.hf_interop import UnsupportedForHF, check_exportable, save_hf_model  # noqa: E402
-from megatron_lite.training.checkpoint_format import (  # noqa: E402
+from megatron_lite.checkpoint.hf import UnsupportedForHF, check_exportable, save_hf_model
+from megatron_lite.checkpoint.layout import (
     CONFIG_FILE,
     TOKENIZER_DIR,
     CheckpointError,
@@ -31,7 +28,8 @@ from megatron_lite.training.checkpoint_format import (  # noqa: E402
     replace_dir_when_done,
     resolve_step_dir,
 )
-from megatron_lite.utils.cli import run_reporting_errors  # noqa: E402
+from megatron_lite.checkpoint.loader import load_weights
+from megatron_lite.utils.cli import run_reporting_errors
 
 
 def _tokenizer_json(step: str, flat: dict, tokenizer, out_path: str) -> bool:

@@ -105,11 +105,10 @@ def _write_heldout(path: str, references: str) -> str:
 
 
 def _has_gpu() -> bool:
-    from megatron_lite.launcher.resources import local_gpu_count
+    from megatron_lite.config.resources import local_gpu_count
 
     return local_gpu_count() > 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, REPO)
     sys.exit(main())

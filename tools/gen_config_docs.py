@@ -8,14 +8,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_lite.config import neox_compat  # noqa: E402
-from megatron_lite.config.loader import field_help  # noqa: E402
-from megatron_lite.config.schema import GROUP_CLASSES  # noqa: E402
+from megatron_lite.config import neox_compat
+from megatron_lite.config.loader import field_help
+from megatron_lite.config.schema import GROUP_CLASSES
 
 HEADER = """# Configuration keys
 

@@ -15,25 +15,22 @@ Any tensor/pipeline layout is merged first, so a checkpoint and its reshard comp
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_lite.config.derived import GLU_ACTIVATIONS  # noqa: E402
-from megatron_lite.training.checkpoint_format import (  # noqa: E402
+from megatron_lite.checkpoint.layout import (
     CheckpointError,
     CheckpointMeta,
-    read_full_state_dict,
     read_meta,
     read_step_config,
     resolve_step_dir,
 )
-from megatron_lite.utils.cli import run_reporting_errors  # noqa: E402
+from megatron_lite.checkpoint.weights import read_full_state_dict
+from megatron_lite.config.derived import GLU_ACTIVATIONS
+from megatron_lite.utils.cli import run_reporting_errors
 
 ESSENTIALS = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "intermediate_size",
               "seq_length", "max_position_embeddings", "pos_emb", "rotary_pct", "norm", "activation",

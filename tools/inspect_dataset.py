@@ -7,15 +7,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_lite.data.indexed_dataset import MMapIndexedDataset  # noqa: E402
-from megatron_lite.tokenizer import TOKENIZER_TYPES, build_tokenizer_from  # noqa: E402
+from megatron_lite.data.indexed_dataset import MMapIndexedDataset
+from megatron_lite.tokenizer import TOKENIZER_TYPES, build_tokenizer_from
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,12 +7,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_lite.data.indexed_dataset import (  # noqa: E402
+from megatron_lite.data.indexed_dataset import (
     MMapIndexedDataset,
     MMapIndexedDatasetBuilder,
     data_file_path,

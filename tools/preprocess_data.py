@@ -53,15 +53,13 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_lite.data.indexed_dataset import (  # noqa: E402
+from megatron_lite.data.indexed_dataset import (
     MMapIndexedDatasetBuilder,
     best_dtype,
     data_file_path,
     index_file_path,
 )
-from megatron_lite.data.readers import (  # noqa: E402
+from megatron_lite.data.readers import (
     Document,
     InputError,
     ReadStats,
@@ -70,14 +68,14 @@ from megatron_lite.data.readers import (  # noqa: E402
     input_kind,
     iter_documents,
 )
-from megatron_lite.data.sft import (  # noqa: E402
+from megatron_lite.data.sft import (
     LABEL_DTYPE,
     chat_parser,
     encode_segments,
     prompt_completion_parser,
 )
-from megatron_lite.tokenizer import TOKENIZER_TYPES, build_tokenizer_from  # noqa: E402
-from megatron_lite.utils.logging import get_logger, setup_logging  # noqa: E402
+from megatron_lite.tokenizer import TOKENIZER_TYPES, build_tokenizer_from
+from megatron_lite.utils.logging import get_logger, setup_logging
 
 logger = get_logger("megatron_lite.tools.preprocess_data")
 _WORKER: dict[str, Any] = {}

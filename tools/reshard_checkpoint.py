@@ -21,27 +21,27 @@ import os
 import sys
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_lite.config import ConfigError, config_from_flat, dump_yaml, pad_vocab_size  # noqa: E402
-from megatron_lite.config.derived import GLU_ACTIVATIONS, pipe_stages, resolve  # noqa: E402
-from megatron_lite.config.schema import Config  # noqa: E402
-from megatron_lite.training.checkpoint_format import (  # noqa: E402
+from megatron_lite.checkpoint.layout import (
     CONFIG_FILE,
     TOKENIZER_DIR,
     CheckpointError,
     CheckpointMeta,
     check_output_outside,
-    read_full_state_dict,
     read_meta,
     read_step_config,
     replace_dir_when_done,
     resolve_step_dir,
     step_dir_name,
+)
+from megatron_lite.checkpoint.weights import (
+    fit_vocab_rows,
+    read_full_state_dict,
     write_weights_checkpoint,
 )
-from megatron_lite.training.checkpointing import fit_vocab_rows  # noqa: E402
-from megatron_lite.utils.cli import run_reporting_errors  # noqa: E402
+from megatron_lite.config import ConfigError, config_from_flat, dump_yaml, pad_vocab_size
+from megatron_lite.config.derived import GLU_ACTIVATIONS, pipe_stages, resolve
+from megatron_lite.config.schema import Config
+from megatron_lite.utils.cli import run_reporting_errors
 
 # Values derived from the old run's world size: re-derived for the new layout.
 _WORLD_DERIVED = ("global_num_gpus", "data_parallel_size", "padded_vocab_size")

@@ -18,11 +18,9 @@ import os
 import sys
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_lite.data.readers import InputError, ReadStats, expand_inputs, iter_texts  # noqa: E402
-from megatron_lite.tokenizer.tokenizer_types import EOD_TOKEN, PAD_TOKEN  # noqa: E402
-from megatron_lite.utils.logging import setup_logging  # noqa: E402
+from megatron_lite.data.readers import InputError, ReadStats, expand_inputs, iter_texts
+from megatron_lite.tokenizer.tokenizer_types import EOD_TOKEN, PAD_TOKEN
+from megatron_lite.utils.logging import setup_logging
 
 
 def train(paths: list[str], vocab_size: int, keys: list[str] | str = "text", min_frequency: int = 2,

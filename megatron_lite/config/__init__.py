@@ -1,6 +1,6 @@
 """Configuration: typed frozen groups, GPT-NeoX YAML loading, derived values, DeepSpeed JSON.
 
-    cfg = load_config(["125M.yml", "local_setup.yml"], config_dir="configs")
+    cfg = load_config(["125M.yml", "local_setup.yml"], config_dir="configs", world_size=8)
     cfg.model.hidden_size, cfg.training.train_batch_size, cfg.parallel.data_parallel_size
 """
 
@@ -29,40 +29,38 @@ __all__ = [
     "dump_yaml",
     "layout_world_size",
     "load_config",
+    "load_unresolved",
     "load_resolved",
     "pad_vocab_size",
     "pipe_stages",
+    "resolve",
 ]
 
 
-def load_config(
-    names: list[str],
-    config_dir: str | None = None,
-    overrides: dict[str, Any] | None = None,
-    world_size: int | None = None,
+def load_unresolved(
+    names: list[str], config_dir: str | None = None, overrides: dict[str, Any] | None = None
 ) -> Config:
-    """Merge YAML files (left to right, then ``overrides``), derive and validate.
-
-    ``world_size`` defaults to what the launcher settings (hostfile, num_nodes, num_gpus) give.
-    """
-    from megatron_lite.launcher.resources import HostfileError, plan_world
-
+    """Merge YAML files (left to right, then ``overrides``) into a typed, not yet derived config
+    (the launcher reads its ``launcher`` section to find the world size)."""
     raw = merge_files(resolve_config_paths(names, config_dir), overrides)
     if raw.ignored:
         logger.info(
             "GPT-NeoX keys accepted but not needed by megatron_lite (ignored): %s",
             ", ".join(sorted(raw.ignored)),
         )
-    cfg = build_config(raw)
-    if world_size is None and cfg.parallel.global_num_gpus is not None:
-        world_size = cfg.parallel.global_num_gpus
-    if world_size is None:
-        la = cfg.launcher
-        try:
-            _, world_size = plan_world(la.hostfile, la.num_nodes, la.num_gpus, la.include, la.exclude)
-        except (HostfileError, OSError) as exc:
-            raise ConfigError(str(exc)) from None
-    return resolve(cfg, world_size)
+    return build_config(raw)
+
+
+def load_config(
+    names: list[str],
+    config_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    world_size: int,
+) -> Config:
+    """Merge YAML files (left to right, then ``overrides``), derive for ``world_size`` ranks and
+    validate. The caller knows the world (deepy.py: from hostfile / num_gpus)."""
+    return resolve(load_unresolved(names, config_dir, overrides), world_size)
 
 
 def layout_world_size(names: list[str], config_dir: str | None = None) -> int:

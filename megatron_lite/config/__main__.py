@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megatron_lite.config import ConfigError, dump_yaml, load_config
+from megatron_lite.config import ConfigError, dump_yaml, load_unresolved, resolve
+from megatron_lite.config.resources import HostfileError, launch_world_size
 from megatron_lite.utils.logging import setup_logging
 
 
@@ -18,13 +19,15 @@ def main(argv: list[str] | None = None) -> int:
         description="Merge GPT-NeoX-style YAML configs (left to right) and print the resolved config.",
     )
     parser.add_argument("-d", "--conf_dir", default=None, help="directory prefixed to config names")
-    parser.add_argument("--world_size", type=int, default=None, help="derive for this many ranks")
+    parser.add_argument("--world_size", type=int, default=None,
+                        help="derive for this many ranks (default: what deepy.py would launch)")
     parser.add_argument("configs", nargs="+", help="YAML files; later files override earlier ones")
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        cfg = load_config(args.configs, config_dir=args.conf_dir, world_size=args.world_size)
-    except ConfigError as exc:
+        cfg = load_unresolved(args.configs, args.conf_dir)
+        cfg = resolve(cfg, args.world_size or launch_world_size(cfg))
+    except (ConfigError, HostfileError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(dump_yaml(cfg))

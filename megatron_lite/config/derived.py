@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import replace
 from typing import Any
 
 from megatron_lite.config.loader import ConfigError
 from megatron_lite.config.neox_compat import SUPPORTED_ATTENTION_TYPES
 from megatron_lite.config.schema import Config
+from megatron_lite.config.validators import parse_split, split_paths
 
 OPTIMIZER_TYPES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
 GLU_ACTIVATIONS = ("swiglu", "geglu")
@@ -260,17 +260,10 @@ def _validate_schedule(cfg: Config) -> None:
 
 
 def _validate_data(cfg: Config) -> None:
-    d = cfg.data
-    if not re.fullmatch(r"\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?){0,2}\s*", d.split or ""):
-        raise ConfigError(f"split: expected up to three comma-separated numbers like '969,30,1', got {d.split!r}")
+    # The data layer calls the same validators at run time (config/validators.py).
+    parse_split(cfg.data.split)
     for which in ("train", "valid", "test"):
-        paths = getattr(d, f"{which}_data_paths")
-        weights = getattr(d, f"{which}_data_weights")
-        labels = getattr(d, f"{which}_label_data_paths")
-        if weights is not None and (paths is None or len(weights) != len(paths)):
-            raise ConfigError(f"{which}_data_weights has {len(weights)} entries but {which}_data_paths has {len(paths or [])}")
-        if labels is not None and (paths is None or len(labels) != len(paths)):
-            raise ConfigError(f"{which}_label_data_paths must match {which}_data_paths one to one")
+        split_paths(cfg.data, which)
 
 
 def resolve(cfg: Config, world_size: int) -> Config:

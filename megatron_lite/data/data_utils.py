@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from megatron_lite.config.schema import DataConfig
+from megatron_lite.config.validators import parse_split, split_paths
 from megatron_lite.data.blendable_dataset import BlendableDataset, weights_by_num_documents
 from megatron_lite.data.gpt_dataset import GPT2Dataset
 from megatron_lite.data.indexed_dataset import MMapIndexedDataset
@@ -26,7 +27,6 @@ from megatron_lite.utils.logging import get_logger
 logger = get_logger(__name__)
 
 SPLIT_NAMES = ("train", "valid", "test")
-_NUMBER = r"\s*\d+(?:\.\d*)?(?:[eE][+-]?\d+)?\s*"
 
 
 def train_valid_test_num_samples(
@@ -43,23 +43,6 @@ def train_valid_test_num_samples(
         eval_total * global_batch_size,
         eval_iters * global_batch_size,
     )
-
-
-def parse_split(split: str) -> list[float]:
-    """``"969,30,1"`` (or ``"969/30/1"``, or ``"100"``) as three proportions summing to 1."""
-    text = str(split).strip()
-    sep = "," if "," in text else "/"
-    parts = text.split(sep) if text else []
-    if not 1 <= len(parts) <= 3 or not all(re.fullmatch(_NUMBER, p) for p in parts):
-        raise ValueError(
-            f"bad split {split!r}: expected up to three non-negative numbers separated by ',' "
-            "or '/', e.g. '969,30,1'"
-        )
-    values = [float(p) for p in parts] + [0.0] * (3 - len(parts))
-    total = sum(values)
-    if total <= 0:
-        raise ValueError(f"bad split {split!r}: the proportions sum to zero")
-    return [v / total for v in values]
 
 
 def split_boundaries(split: str, num_documents: int) -> list[int]:
@@ -100,46 +83,17 @@ def normalized_weights_and_num_samples(
     return norm, [int(math.ceil(num_samples * w * 1.005)) for w in norm]
 
 
-def _cfg_list(cfg: Any, key: str) -> list | None:
-    value = getattr(cfg, key, None)
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [value]
-    return list(value)
-
-
-def _split_paths(cfg: Any, split: str) -> tuple[list[str], list[str] | None, list[float]]:
-    """(data prefixes, label prefixes or None, weights) of one split, validated."""
-    paths = _cfg_list(cfg, f"{split}_data_paths") or []
-    labels = _cfg_list(cfg, f"{split}_label_data_paths")
-    weights = _cfg_list(cfg, f"{split}_data_weights")
-    if weights is None:
-        weights = [1.0] * len(paths)
-    if len(weights) != len(paths):
-        raise ValueError(
-            f"{split}_data_weights has {len(weights)} entries but {split}_data_paths has "
-            f"{len(paths)} ({paths}): give one weight per path"
-        )
-    if labels is not None and len(labels) != len(paths):
-        raise ValueError(
-            f"{split}_label_data_paths has {len(labels)} entries but {split}_data_paths has "
-            f"{len(paths)} ({paths}): give one label dataset per data path"
-        )
-    return paths, labels, [float(w) for w in weights]
-
-
 def _build_blend(
-    cfg: Any, split: str, num_samples: int | None, seq_length: int, seed: int, **kwargs: Any
+    cfg: DataConfig, split: str, num_samples: int | None, seq_length: int, seed: int, **kwargs: Any
 ) -> Any:
     """One split of separate paths: a GPT2Dataset per path, blended when there are several."""
-    paths, label_paths, weights = _split_paths(cfg, split)
+    paths, label_paths, weights = split_paths(cfg, split)
     if not paths:
         return None
     data = [open_indexed_dataset(p, f"{split}_data_paths") for p in paths]
     labels = [open_indexed_dataset(p, f"{split}_label_data_paths") for p in label_paths] if label_paths else None
-    if getattr(cfg, "weight_by_num_documents", False):
-        alpha = float(getattr(cfg, "weighted_sampler_alpha", 1.0))
+    if cfg.weight_by_num_documents:
+        alpha = float(cfg.weighted_sampler_alpha)
         # GPT-NeoX counts the items of the .idx (one per document as preprocess_data writes them).
         weights = weights_by_num_documents([len(ds.sizes) for ds in data], alpha)
         logger.info("%s weights by number of documents (alpha %s): %s", split, alpha, weights)
@@ -159,12 +113,12 @@ def _build_blend(
 
 
 def _build_split_datasets(
-    cfg: Any, seq_length: int, seed: int, num_samples: Sequence[int | None], **kwargs: Any
+    cfg: DataConfig, seq_length: int, seed: int, num_samples: Sequence[int | None], **kwargs: Any
 ) -> tuple[Any, Any, Any]:
     """``data_path`` cut by ``split`` into contiguous document ranges."""
     prefix = cfg.data_path
     data = open_indexed_dataset(prefix, "data_path")
-    split = getattr(cfg, "split", None) or "969,30,1"
+    split = cfg.split
     bounds = split_boundaries(split, len(data.sizes))
     result = []
     for i, name in enumerate(SPLIT_NAMES):
@@ -183,7 +137,7 @@ def _build_split_datasets(
 
 
 def build_train_valid_test_datasets(
-    data_cfg: Any,
+    data_cfg: DataConfig,
     seq_length: int,
     seed: int,
     num_samples: tuple[int | None, int | None, int | None],
@@ -199,11 +153,11 @@ def build_train_valid_test_datasets(
     wait. ``cache_dir`` puts the cached index files there instead of next to the data.
     """
     kwargs = {"cache_dir": cache_dir, "group": group}
-    if _cfg_list(data_cfg, "train_data_paths"):
+    if split_paths(data_cfg, "train")[0]:
         return tuple(
             _build_blend(data_cfg, split, num_samples[i], seq_length, seed, **kwargs)
             for i, split in enumerate(SPLIT_NAMES)
         )
-    if getattr(data_cfg, "data_path", None):
+    if data_cfg.data_path:
         return _build_split_datasets(data_cfg, seq_length, seed, num_samples, **kwargs)
     raise ValueError("no training data: set data_path (split by `split`) or train_data_paths")

@@ -31,9 +31,8 @@ logger = get_logger(__name__)
 def model_vocab_size(cfg: Config, tokenizer: Any) -> tuple[int, int]:
     """(vocabulary the model's softmax covers, checkpoint iteration) of ``load``: a Hugging Face
     directory's ``vocab_size``, else what the checkpoint recorded, else the tokenizer's."""
-    from megatron_lite.model.hf_interop import is_hf_dir
-    from megatron_lite.training.checkpoint_format import read_meta, resolve_step_dir
-
+    from megatron_lite.checkpoint.hf import is_hf_dir
+    from megatron_lite.checkpoint.layout import read_meta, resolve_step_dir
     source = cfg.checkpoint.load
     if is_hf_dir(source):
         with open(os.path.join(source, "config.json"), encoding="utf-8") as handle:
@@ -88,11 +87,11 @@ def report(cfg: Config, run_dir: str, results: dict[str, Any], samples: list[dic
 
 
 def main(argv: list[str] | None = None) -> int:
+    from megatron_lite.checkpoint.layout import CheckpointError
     from megatron_lite.inference.main import GenerationError, build_model
+    from megatron_lite.launcher.worker import device_for, finish_worker, start_worker
     from megatron_lite.parallel.random import seed_everything
     from megatron_lite.tokenizer import build_tokenizer
-    from megatron_lite.training.checkpoint_format import CheckpointError
-    from megatron_lite.utils.distributed import device_for, finish_worker, start_worker
 
     args, state = start_worker(argv)
     cfg = args.cfg

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from megatron_lite.inference.cpu_decoding import few_row_products
 from megatron_lite.inference.sampling import sample_next
 from megatron_lite.model.gpt import GPTModel
 from megatron_lite.utils.logging import get_logger
@@ -90,16 +91,26 @@ def generate_batch(model: GPTModel, tokenizer: Any, prompts: list[list[int]], pa
     """Generate for a batch of tokenized prompts (each non-empty, already fitted to the context)."""
     start = time.perf_counter()
     device = next(model.parameters()).device
-    vocab = tokenizer.vocab_size
     eod = getattr(tokenizer, "eod", None)
     pad = eod if eod is not None else 0
     tokens, real = _left_pad(prompts, pad, device)
-    b, width = tokens.shape
+    b, width = tokens.shape  # [b, s]
     max_len = width + params.max_new_tokens
     gens = [torch.Generator().manual_seed(params.seed + first_index + i) for i in range(b)]
     stops = _Stops(tokenizer, eod, params.stop_strings, b)
-    out: list[list[int]] = [[] for _ in range(b)]
     cache = None if params.recompute else model.new_kv_cache(b, max_len)
+    with few_row_products(device):
+        out = _decode(model, tokenizer, tokens, real, cache, params, gens, stops)
+    seconds = time.perf_counter() - start
+    return [Generation(prompt_tokens=p, tokens=o, text=stops.text(o), finished=stops.done[i],
+                       duration_seconds=seconds) for i, (p, o) in enumerate(zip(prompts, out))]
+
+
+def _decode(model: GPTModel, tokenizer: Any, tokens: torch.Tensor, real: torch.Tensor, cache: Any,
+            params: SamplingParams, gens: list[torch.Generator], stops: _Stops) -> list[list[int]]:
+    """The generation loop: prefill, then one token per step (all of it when ``recompute``)."""
+    b, vocab, device = tokens.shape[0], tokenizer.vocab_size, tokens.device
+    out: list[list[int]] = [[] for _ in range(b)]
     step_in, mask = tokens, _prefill_mask(real)
     positions = (real.long().cumsum(-1) - 1).clamp(min=0)
     for _ in range(params.max_new_tokens):
@@ -120,9 +131,7 @@ def generate_batch(model: GPTModel, tokenizer: Any, prompts: list[list[int]], pa
         else:
             step_in, mask = nxt.unsqueeze(1), real[:, None, None, :]
             positions = positions[:, -1:] + 1
-    seconds = time.perf_counter() - start
-    return [Generation(prompt_tokens=p, tokens=o, text=stops.text(o), finished=stops.done[i],
-                       duration_seconds=seconds) for i, (p, o) in enumerate(zip(prompts, out))]
+    return out
 
 
 def fit_prompt(ids: list[int], context: int, max_new_tokens: int, eod: int | None) -> list[int]:

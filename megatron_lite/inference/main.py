@@ -15,9 +15,9 @@ import torch.distributed as dist
 
 from megatron_lite.config import Config
 from megatron_lite.inference.generation import Generation, generate_records
+from megatron_lite.launcher.worker import device_for, finish_worker, start_worker
 from megatron_lite.model.gpt import GPTModel
 from megatron_lite.parallel.random import seed_everything
-from megatron_lite.utils.distributed import device_for, finish_worker, start_worker
 from megatron_lite.utils.files import atomic_write_jsonl
 from megatron_lite.utils.logging import get_logger
 
@@ -64,8 +64,7 @@ def _broadcast(obj: Any) -> Any:
 
 
 def build_model(cfg: Config, state: Any, device: Any) -> GPTModel:
-    from megatron_lite.training.checkpointing import load_model_weights
-
+    from megatron_lite.checkpoint.loader import load_model_weights
     if not cfg.checkpoint.load:
         raise GenerationError("no checkpoint to generate from: set `load` (a training checkpoint "
                               "or a converted Hugging Face model)")
@@ -109,9 +108,8 @@ def _interactive(model: GPTModel, tokenizer: Any, cfg: Config, rank0: bool) -> i
 
 
 def main(argv: list[str] | None = None) -> int:
+    from megatron_lite.checkpoint.layout import CheckpointError
     from megatron_lite.tokenizer import build_tokenizer
-    from megatron_lite.training.checkpoint_format import CheckpointError
-
     args, state = start_worker(argv)
     cfg = args.cfg
     seed_everything(cfg.training.seed, state.tp_rank)

@@ -24,9 +24,9 @@ import sys
 import time
 from typing import Any
 
-from megatron_lite.config import Config, ConfigError, dump_yaml, load_config
-from megatron_lite.launcher.resources import HostfileError, plan_world
-from megatron_lite.launcher.worker import CONFIG_ARG, RUN_DIR_ARG
+from megatron_lite.config import Config, ConfigError, dump_yaml, load_unresolved, resolve
+from megatron_lite.config.resources import HostfileError, launch_world_size, plan_world
+from megatron_lite.launcher.worker_args import encode_worker_args
 from megatron_lite.utils.files import atomic_write_text
 from megatron_lite.utils.logging import get_logger
 
@@ -82,6 +82,19 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.sample_input_file:
         overrides["text_gen_type"] = "input-file"
     return {k: v for k, v in overrides.items() if v is not None}
+
+
+def load_launch_config(names: list[str], config_dir: str | None = None,
+                       overrides: dict[str, Any] | None = None, world_size: int | None = None) -> Config:
+    """The merged config, derived for the world the launcher will start (``world_size`` when
+    given): hostfile, num_nodes, num_gpus, include/exclude or ``global_num_gpus``."""
+    cfg = load_unresolved(names, config_dir, overrides)
+    if world_size is None:
+        try:
+            world_size = launch_world_size(cfg)
+        except (HostfileError, OSError) as exc:
+            raise ConfigError(str(exc)) from None
+    return resolve(cfg, world_size)
 
 
 def _require_prefix(prefix: str, key: str) -> None:
@@ -156,18 +169,12 @@ def make_run_dir(cfg: Config, script: str) -> str:
     return os.path.abspath(run_dir)
 
 
-def worker_args(cfg: Config, run_dir: str) -> list[str]:
-    """What every worker receives: the resolved config inline (no shared FS needed)."""
-    encoded = base64.urlsafe_b64encode(dump_yaml(cfg).encode("utf-8")).decode("ascii")
-    return [f"{CONFIG_ARG}={encoded}", f"{RUN_DIR_ARG}={run_dir}"]
-
-
 def launch_command(cfg: Config, script: str, run_dir: str, node_rank: int | None) -> tuple[list[str], dict[str, str]]:
     """(argv, extra environment) that starts the workers."""
     la = cfg.launcher
     hosts, world = plan_world(la.hostfile, la.num_nodes, la.num_gpus, la.include, la.exclude)
     py = sys.executable
-    tail = [script, *worker_args(cfg, run_dir)]
+    tail = [script, *encode_worker_args(cfg, run_dir)]
     master_addr = la.master_addr or ("127.0.0.1" if list(hosts) == ["localhost"] else next(iter(hosts)))
     if node_rank is not None:
         if not 0 <= node_rank < len(hosts):
@@ -199,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not os.path.isfile(args.script):
             raise LaunchError(f"script not found: {args.script}")
-        cfg = load_config(args.configs, config_dir=args.conf_dir, overrides=cli_overrides(args))
+        cfg = load_launch_config(args.configs, args.conf_dir, cli_overrides(args))
         check_inputs(cfg, args.script)
         run_dir = make_run_dir(cfg, args.script)
         cmd, env = launch_command(cfg, args.script, run_dir, args.node_rank)

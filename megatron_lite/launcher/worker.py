@@ -1,52 +1,110 @@
-"""The worker side of deepy.py: read the resolved config every rank receives.
-
-deepy.py passes ``--megatron_lite_config=<base64 YAML>`` (inline, so nodes need no shared
-file system) and ``--run_dir=PATH``; the DeepSpeed launcher adds ``--local_rank=N``.
-"""
+"""Worker start-up, what every entry script (train.py, generate.py, evaluate.py) runs first:
+``start_worker`` (config, logging, CPU allocator setting, process group) and ``finish_worker``.
+Process groups: gloo on CPU, the configured backend on GPU."""
 
 from __future__ import annotations
 
-import argparse
-import base64
+import contextlib
 import os
-import tempfile
-from dataclasses import dataclass
+from datetime import timedelta
 
-from megatron_lite.config import Config, load_resolved
+import torch
+import torch.distributed as dist
 
-CONFIG_ARG = "--megatron_lite_config"
-RUN_DIR_ARG = "--run_dir"
+from megatron_lite.config import Config, pipe_stages
+from megatron_lite.launcher.allocator import keep_freed_memory
+from megatron_lite.launcher.worker_args import WorkerArgs, parse_worker_args
+from megatron_lite.parallel.state import ParallelState
+from megatron_lite.utils.logging import get_logger, setup_logging
 
-
-@dataclass(frozen=True)
-class WorkerArgs:
-    cfg: Config
-    run_dir: str
-    rank: int
-    local_rank: int
-    world_size: int
+logger = get_logger(__name__)
 
 
-def parse_worker_args(argv: list[str] | None = None) -> WorkerArgs:
-    """Decode the config for this rank and re-derive it for the real world size."""
-    parser = argparse.ArgumentParser(description="megatron_lite worker (started by deepy.py)")
-    parser.add_argument(CONFIG_ARG, dest="config", required=True,
-                        help="base64 resolved config (from deepy.py), or a YAML path")
-    parser.add_argument(RUN_DIR_ARG, dest="run_dir", default=None)
-    parser.add_argument("--local_rank", type=int, default=None)
-    args, _unknown = parser.parse_known_args(argv)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = args.local_rank if args.local_rank is not None else int(os.environ.get("LOCAL_RANK", "0"))
-    if os.path.isfile(args.config):
-        cfg = load_resolved(args.config, world)
-    else:
-        text = base64.urlsafe_b64decode(args.config.encode("ascii")).decode("utf-8")
-        with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
-            handle.write(text)
-        try:
-            cfg = load_resolved(handle.name, world)
-        finally:
-            os.unlink(handle.name)
-    run_dir = args.run_dir or os.getcwd()
-    return WorkerArgs(cfg=cfg, run_dir=run_dir, rank=rank, local_rank=local_rank, world_size=world)
+def device_for(local_rank: int) -> torch.device:
+    """This rank's device: its GPU when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init_distributed(cfg: Config, timeout_s: int = 600) -> ParallelState:
+    """Initialize torch.distributed (through DeepSpeed's comm layer) and build the groups.
+
+    Always initializes, even for one rank, so that the DeepSpeed engine and our code see one
+    kind of world. The backend is gloo without CUDA (nccl cannot run on CPU).
+    """
+    import deepspeed
+
+    backend = cfg.parallel.distributed_backend if torch.cuda.is_available() else "gloo"
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    if not dist.is_initialized():
+        deepspeed.init_distributed(
+            dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False
+        )
+        _unlink_deepspeed_shm_buffer()
+    state = ParallelState.build(
+        tp_size=cfg.parallel.model_parallel_size,
+        pp_size=pipe_stages(cfg.parallel.pipe_parallel_size),
+    )
+    logger.info("parallel layout: %s", state.describe())
+    return state
+
+
+def _unlink_deepspeed_shm_buffer() -> None:
+    """Remove this rank's name for DeepSpeed's CPU all-reduce buffer in /dev/shm.
+
+    When every rank is on one machine (the launcher's LOCAL_SIZE equals the world size),
+    DeepSpeed's CPU backend creates a 69 MB shared-memory file per rank,
+    ``deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>``, and never removes
+    it: every run left them behind in RAM-backed /dev/shm until it filled and new runs hung
+    waiting for their peers' files. Once every rank has mapped its peers' buffers (the barrier),
+    the names are not needed: the mappings stay valid, and the memory is freed when the last
+    rank exits, however it exits.
+    """
+    if os.environ.get("LOCAL_SIZE") != str(dist.get_world_size()):
+        return  # DeepSpeed made no buffer (its own condition)
+    dist.barrier()
+    name = "deepspeed_allreduce_buffer_{}_{}_{}_{}".format(
+        os.getuid(), os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""), dist.get_rank())
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join("/dev/shm", name))
+
+
+def start_worker(argv: list[str] | None = None) -> tuple[WorkerArgs, ParallelState]:
+    """What every entry script does first, in this order:
+
+    1. read the config deepy.py passed (``worker_args.py``);
+    2. log to the run directory (``rank<N>.log``, every rank; the console shows rank 0);
+    3. on the CPU, with ``cpu_keep_freed_memory`` (default true), make malloc keep freed memory
+       for reuse (``allocator.py``: no page faults in the step);
+    4. build the process group and the parallel groups.
+    """
+    args = parse_worker_args(argv)
+    setup_logging(
+        all_ranks=args.cfg.logging.log_all_ranks,
+        log_file=os.path.join(args.run_dir, f"rank{args.rank}.log"),
+    )
+    if not torch.cuda.is_available() and args.cfg.launcher.cpu_keep_freed_memory:
+        keep_freed_memory()
+    return args, init_distributed(args.cfg)
+
+
+def finish_worker(code: int) -> None:
+    """End a worker process: wait for the other ranks, flush, and exit without running C++
+    static destructors. Gloo/DeepSpeed communication threads torn down at interpreter exit
+    occasionally abort the process ("terminate called without an active exception") after all
+    work is done; the results are already on disk by then, so skip that teardown."""
+    import logging
+    import sys
+
+    if dist.is_initialized() and code == 0:
+        dist.barrier()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -50,33 +50,6 @@ def glu_row_order(rows: int, tp: int) -> torch.Tensor:
     return torch.cat(order)
 
 
-# Inference products with at most this many rows (decoding: one new token per sequence) are
-# computed as ``weight @ x^T`` on the CPU; see ``linear``.
-_FEW_ROWS = 16
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``: x [*, in], weight [out, in] -> [*, out].
-
-    One special case, for speed only: decoding on the CPU (no autograd, at most ``_FEW_ROWS``
-    rows). There MKL's kernel for ``x @ weight^T`` with a few rows is 2-3x slower than the same
-    product computed as ``(weight @ x^T)^T``, and its matrix-vector kernel (one row) is slower
-    than a two-column product of the row with itself. Measured on this project's 2-core EPYC:
-    the 512 x 50304 LM head takes 9.6 ms for 1 row and 17 ms for 8 with ``F.linear``, 2.6 ms
-    and 6.4 ms this way. The result is the same up to float rounding.
-    """
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if x.device.type != "cpu" or torch.is_grad_enabled() or not 1 <= rows <= _FEW_ROWS:
-        return F.linear(x, weight, bias)
-    flat = x.reshape(rows, x.shape[-1])  # [rows, in]
-    if rows == 1:
-        y = (weight @ torch.cat((flat, flat)).t())[:, :1].t()  # [1, out]
-    else:
-        y = (weight @ flat.t()).t()  # [rows, out]
-    y = y.reshape(*x.shape[:-1], weight.shape[0])
-    return y + bias if bias is not None else y
-
-
 def mark_tensor_parallel(*params: nn.Parameter | None) -> None:
     """Tag split parameters (Megatron's attribute) so that DeepSpeed's gradient-norm clipping
     sums them over tensor-parallel ranks but counts replicated ones (norms) only once."""
@@ -119,7 +92,7 @@ class ColumnParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = copy_to_region(x, self.state)
-        y = linear(x, self.weight, self.bias)  # [*, out/tp]
+        y = F.linear(x, self.weight, self.bias)  # [*, out/tp]
         return gather_from_region(y, self.state) if self.gather_output else y
 
 
@@ -156,7 +129,7 @@ class RowParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
             x = scatter_to_region(x, self.state)
-        y = reduce_from_region(linear(x, self.weight), self.state)  # [*, out]
+        y = reduce_from_region(F.linear(x, self.weight), self.state)  # [*, out]
         return y + self.bias if self.bias is not None else y
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from megatron_lite.utils.distributed import finish_worker, start_worker
+from megatron_lite.launcher.worker import finish_worker, start_worker
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megatron_lite.training.checkpoint_format import CheckpointError
+    from megatron_lite.checkpoint.layout import CheckpointError
     from megatron_lite.training.trainer import Trainer, TrainingError
 
     args, state = start_worker(argv)

@@ -1,5 +1,13 @@
 """One training step and one evaluation pass, for the plain and the pipelined engine, plus the
-per-interval training record (tokens/s, TFLOP/s, MFU, memory)."""
+per-interval training record (tokens/s, TFLOP/s, MFU, memory).
+
+The functions take what they use, not the Trainer:
+
+    batches = micro_batches(loader_iter, eod_id, engine.device)   # (tokens, labels, loss_mask)
+    result = train_step(engine, schedule, batches, state, pipelined)
+    loss = evaluate(engine, batches, state, pipelined, num_batches)
+    record = training_record(window, progress, tokens_per_step, cfg.model, peak_tflops)
+"""
 
 from __future__ import annotations
 
@@ -7,17 +15,28 @@ import resource
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from megatron_lite.config.schema import ModelConfig
 from megatron_lite.data.loaders import get_batch
 from megatron_lite.model.gpt import flops_per_token
 from megatron_lite.parallel.cross_entropy import masked_mean_loss
+from megatron_lite.parallel.state import ParallelState
+from megatron_lite.training.lr_schedule import AnnealingLR
 
-if TYPE_CHECKING:
-    from megatron_lite.training.trainer import Trainer
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # tokens, labels, loss_mask: [b, s] each
+
+
+@dataclass
+class Progress:
+    """Where training stands (saved in every checkpoint)."""
+
+    iteration: int = 0
+    consumed_train_samples: int = 0
+    skipped_iters: int = 0
 
 
 @dataclass
@@ -71,64 +90,62 @@ def _to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[t
     return tuple(t.to(device, non_blocking=True) for t in batch)
 
 
-def _micro_batches(trainer: Trainer, it: Iterator[dict]) -> Iterator[tuple[torch.Tensor, ...]]:
-    eod = getattr(trainer.tokenizer, "eod", None)
+def micro_batches(it: Iterator[dict], eod_id: int | None, device: torch.device) -> Iterator[Batch]:
+    """Loader samples -> (tokens, labels, loss_mask) micro batches on ``device``."""
     while True:
-        tokens, labels, loss_mask, _ = get_batch(next(it), eod_id=eod)
-        yield _to_device((tokens, labels, loss_mask), trainer.engine.device)
+        tokens, labels, loss_mask, _ = get_batch(next(it), eod_id=eod_id)
+        yield _to_device((tokens, labels, loss_mask), device)
 
 
-def _pipe_iter(batches: Iterator[tuple[torch.Tensor, ...]]) -> Iterator[tuple[Any, Any]]:
+def _pipe_iter(batches: Iterator[Batch]) -> Iterator[tuple[Any, Any]]:
     # DeepSpeed's pipeline feeds batch[0] to the first stage and batch[1] to the loss.
     for tokens, labels, loss_mask in batches:
         yield tokens, (labels, loss_mask)
 
 
-def _dp_mean(value: torch.Tensor, trainer: Trainer) -> torch.Tensor:
-    if trainer.state.dp_size > 1:
+def _dp_mean(value: torch.Tensor, state: ParallelState) -> torch.Tensor:
+    if state.dp_size > 1:
         value = value.clone()
-        dist.all_reduce(value, group=trainer.state.dp_group)
-        value /= trainer.state.dp_size
+        dist.all_reduce(value, group=state.dp_group)
+        value /= state.dp_size
     return value
 
 
-def train_step(trainer: Trainer) -> StepResult:
+def train_step(engine: Any, schedule: AnnealingLR, batches: Iterator[Batch], state: ParallelState,
+               pipelined: bool) -> StepResult:
     """One optimizer step over ``gradient_accumulation_steps`` micro batches. Nothing here
     waits for the device: the loss and gradient norm come back as tensors."""
-    engine = trainer.engine
-    lr = trainer.lr_scheduler.get_lr()  # the rate this step uses (the scheduler moves after it)
-    batches = _micro_batches(trainer, trainer.train_iter)
-    if trainer.pipelined:
+    lr = schedule.get_lr()  # the rate this step uses (the engine moves the schedule after it)
+    if pipelined:
         mean_loss = engine.train_batch(data_iter=_pipe_iter(batches)).detach().float()
     else:
         total = torch.zeros((), device=engine.device)
         for _ in range(engine.gradient_accumulation_steps()):
             tokens, labels, loss_mask = next(batches)
-            loss = masked_mean_loss(engine(tokens), labels, loss_mask, trainer.state)
+            loss = masked_mean_loss(engine(tokens), labels, loss_mask, state)
             engine.backward(loss)
             engine.step()
             total += loss.detach().float()
-        mean_loss = _dp_mean(total / engine.gradient_accumulation_steps(), trainer)
+        mean_loss = _dp_mean(total / engine.gradient_accumulation_steps(), state)
     skipped = bool(getattr(engine, "skipped_steps", 0) and engine.was_step_applied() is False)
     return StepResult(mean_loss, engine.get_global_grad_norm(), skipped, lr)
 
 
 @torch.no_grad()
-def evaluate(trainer: Trainer, it: Iterator[dict], num_batches: int) -> float:
+def evaluate(engine: Any, batches: Iterator[Batch], state: ParallelState, pipelined: bool,
+             num_batches: int) -> float:
     """Mean loss over ``num_batches`` global batches (all micro batches of each)."""
-    engine = trainer.engine
     engine.eval()
-    batches = _micro_batches(trainer, it)
     losses = []
     try:
         for _ in range(num_batches):
-            if trainer.pipelined:
+            if pipelined:
                 loss = engine.eval_batch(data_iter=_pipe_iter(batches))
                 losses.append(float(loss.detach().float().cpu().item()))
             else:
-                micro = [masked_mean_loss(engine(t), lab, m, trainer.state).float()
+                micro = [masked_mean_loss(engine(t), lab, m, state).float()
                          for t, lab, m in (next(batches) for _ in range(engine.gradient_accumulation_steps()))]
-                losses.append(float(_dp_mean(torch.stack(micro).mean(), trainer).item()))
+                losses.append(float(_dp_mean(torch.stack(micro).mean(), state).item()))
     finally:
         engine.train()
     return sum(losses) / len(losses)
@@ -140,17 +157,18 @@ def _memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS (KiB on Linux)
 
 
-def training_record(trainer: Trainer, window: Window) -> dict[str, Any]:
+def training_record(window: Window, progress: Progress, tokens_per_step: int, model: ModelConfig,
+                    peak_tflops: float | None) -> dict[str, Any]:
     """The metrics of the steps since the last log line (reads the window's tensors)."""
     results = window.results
     window.pause()
     seconds = window.seconds
     losses = window.losses()
-    tokens_per_s = trainer.tokens_per_step * len(results) / max(seconds, 1e-9)
-    tflops = flops_per_token(trainer.cfg.model) * tokens_per_s / dist.get_world_size() / 1e12
+    tokens_per_s = tokens_per_step * len(results) / max(seconds, 1e-9)
+    tflops = flops_per_token(model) * tokens_per_s / dist.get_world_size() / 1e12
     norms = [r.grad_norm for r in results if r.grad_norm is not None]
     record: dict[str, Any] = {
-        "iteration": trainer.progress.iteration,
+        "iteration": progress.iteration,
         "loss": sum(losses) / len(losses),
         "lr": results[-1].lr,
         "grad_norm": float(norms[-1]) if norms else None,
@@ -158,12 +176,11 @@ def training_record(trainer: Trainer, window: Window) -> dict[str, Any]:
         "ms_per_iter": 1000.0 * seconds / len(results),
         "tflops_per_device": tflops,
         "memory_mb": _memory_mb(),
-        "consumed_samples": trainer.progress.consumed_train_samples,
-        "skipped_iters": trainer.progress.skipped_iters,
+        "consumed_samples": progress.consumed_train_samples,
+        "skipped_iters": progress.skipped_iters,
     }
-    peak = trainer.cfg.training.peak_theoretical_tflops
-    if peak:
-        record["mfu"] = tflops / peak
+    if peak_tflops:
+        record["mfu"] = tflops / peak_tflops
     return record
 
 

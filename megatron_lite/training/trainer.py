@@ -12,36 +12,29 @@ from __future__ import annotations
 import math
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from megatron_lite.config import Config
-from megatron_lite.config.deepspeed_config import build_deepspeed_config
+from megatron_lite.checkpoint.engine import load_for_resume, resumes_weights_only, save_checkpoint
+from megatron_lite.checkpoint.loader import load_model_weights
 from megatron_lite.data.data_utils import (
     build_train_valid_test_datasets,
     train_valid_test_num_samples,
 )
 from megatron_lite.data.gpt_dataset import train_iters_from_epochs
 from megatron_lite.data.loaders import build_data_loader
-from megatron_lite.launcher.worker import WorkerArgs
-from megatron_lite.model.gpt import GPTModel, log_model_size
+from megatron_lite.launcher.worker import device_for
+from megatron_lite.launcher.worker_args import WorkerArgs
+from megatron_lite.model.gpt import log_model_size
 from megatron_lite.parallel.random import seed_everything
 from megatron_lite.parallel.state import ParallelState
 from megatron_lite.tokenizer import build_tokenizer
 from megatron_lite.training import steps
-from megatron_lite.training.checkpointing import (
-    load_for_resume,
-    load_model_weights,
-    resumes_weights_only,
-    save_checkpoint,
-)
-from megatron_lite.training.lr_schedule import AnnealingLR
+from megatron_lite.training.engine import build_engine, build_module, is_pipelined
 from megatron_lite.training.metrics import MetricsWriter
-from megatron_lite.training.optimizer import param_groups
-from megatron_lite.utils.distributed import device_for
+from megatron_lite.training.steps import Progress
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -51,18 +44,11 @@ class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, ...); the message says why."""
 
 
-@dataclass
-class Progress:
-    iteration: int = 0
-    consumed_train_samples: int = 0
-    skipped_iters: int = 0
-
-
 class Trainer:
     def __init__(self, args: WorkerArgs, state: ParallelState) -> None:
         self.cfg, self.state, self.run_dir = args.cfg, state, args.run_dir
         self.device = device_for(args.local_rank)
-        self.pipelined = self.cfg.parallel.pipe_parallel_size >= 1
+        self.pipelined = is_pipelined(self.cfg)
         self.progress = Progress()
         self.stop_signal = 0
         seed_everything(self.cfg.training.seed, state.tp_rank, state.pp_rank)
@@ -71,8 +57,8 @@ class Trainer:
         self._build_data()
         self._build_engine()
         self._load()
-        self.train_iter = self._loader_iter("train", self.progress.consumed_train_samples)
-        self.valid_iter = self._loader_iter("valid", 0)
+        self.train_batches = self._batches("train", self.progress.consumed_train_samples)
+        self.valid_batches = self._batches("valid", 0)
         self.metrics = MetricsWriter(self.cfg, self.run_dir, dist.get_rank())
 
     # ---- setup ---------------------------------------------------------------------------------
@@ -104,35 +90,13 @@ class Trainer:
         self.tokens_per_step = tr.train_batch_size * cfg.model.seq_length
         logger.info("training for %d iterations (%d tokens each)", self.train_iters, self.tokens_per_step)
 
-    def _build_module(self) -> torch.nn.Module:
-        cfg, state = self.cfg, self.state
-        if not self.pipelined:
-            return GPTModel(cfg.model, state, seed=cfg.training.seed)
-        from deepspeed.pipe import PipelineModule
-
-        from megatron_lite.model.pipeline import layer_specs
-        from megatron_lite.parallel.cross_entropy import masked_mean_loss
-        from megatron_lite.parallel.random import checkpoint
-
-        def loss_fn(logits, labels_and_mask):
-            labels, loss_mask = labels_and_mask
-            return masked_mean_loss(logits, labels, loss_mask, state)
-
-        interval = cfg.model.checkpoint_num_layers if cfg.model.checkpoint_activations else 0
-        return PipelineModule(
-            layers=layer_specs(cfg.model, state, cfg.training.seed), loss_fn=loss_fn,
-            topology=state.topology, partition_method=cfg.parallel.pipe_partition_method,
-            activation_checkpoint_interval=interval, activation_checkpoint_func=checkpoint,
-            checkpointable_layers=["TransformerLayerPipe"],
-        )
-
     def _build_engine(self) -> None:
         cfg = self.cfg
         log_model_size(cfg.model)
-        module = self._build_module()
+        module = build_module(cfg, self.state)
         if cfg.checkpoint.finetune or resumes_weights_only(cfg):
             load_model_weights(module, cfg, self.state.tp_rank, self.pipelined)
-        self.engine, self.optimizer, self.lr_scheduler = build_engine(
+        self.engine, self.optimizer, self.schedule = build_engine(
             cfg, self.state, module, self.lr_decay_iters, on_gpu=self.device.type == "cuda")
 
     def _load(self) -> None:
@@ -141,13 +105,16 @@ class Trainer:
             it, consumed = load_for_resume(self.engine, self.cfg)
             self.progress = Progress(iteration=it, consumed_train_samples=consumed)
 
-    def _loader_iter(self, split: str, consumed: int) -> Iterator[dict] | None:
+    def _batches(self, split: str, consumed: int) -> Iterator[steps.Batch] | None:
+        """Micro batches of ``split`` on the device, from ``consumed`` samples on (None without data)."""
         loader = build_data_loader(
             self.datasets[split], self.cfg.training.train_micro_batch_size_per_gpu,
             self.state.dp_rank, self.state.dp_size, consumed, self.cfg.data.num_workers,
             loop=split != "train" or self.cfg.training.train_epochs is not None,
         )
-        return iter(loader) if loader is not None else None
+        if loader is None:
+            return None
+        return steps.micro_batches(iter(loader), getattr(self.tokenizer, "eod", None), self.engine.device)
 
     # ---- the loop ------------------------------------------------------------------------------
     def train(self) -> int:
@@ -157,7 +124,8 @@ class Trainer:
         window = steps.Window()
         try:
             while self.progress.iteration < self.train_iters:
-                result = steps.train_step(self)
+                result = steps.train_step(self.engine, self.schedule, self.train_batches,
+                                          self.state, self.pipelined)
                 self._after_step(result, window, bar)
                 if self._should_stop(window):
                     return 0
@@ -181,7 +149,8 @@ class Trainer:
             return  # losses are read (a device sync) only where something uses them
         self._check_losses(window)
         if log_due:
-            record = steps.training_record(self, window)
+            record = steps.training_record(window, p, self.tokens_per_step, cfg.model,
+                                           cfg.training.peak_theoretical_tflops)
             self.metrics.write(record, p.iteration)
             logger.info(steps.format_record(record))
             bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
@@ -243,13 +212,10 @@ class Trainer:
 
     def evaluate(self, split: str) -> float | None:
         """Mean loss over ``eval_iters`` global batches of ``split`` (None without data)."""
-        if split == "test":
-            it = self._loader_iter("test", 0)
-        else:
-            it = self.valid_iter
-        if it is None or self.cfg.training.eval_iters == 0:
+        batches = self._batches("test", 0) if split == "test" else self.valid_batches
+        if batches is None or self.cfg.training.eval_iters == 0:
             return None
-        loss = steps.evaluate(self, it, self.cfg.training.eval_iters)
+        loss = steps.evaluate(self.engine, batches, self.state, self.pipelined, self.cfg.training.eval_iters)
         record = {"iteration": self.progress.iteration, "split": split, "loss": loss,
                   "perplexity": float(torch.tensor(loss).exp().clamp(max=1e30))}
         self.metrics.write(record, self.progress.iteration)
@@ -264,68 +230,6 @@ class Trainer:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, handler)
-
-
-def build_engine(cfg: Config, state: ParallelState, module: torch.nn.Module, lr_decay_iters: int,
-                 on_gpu: bool) -> tuple[Any, Any, AnnealingLR]:
-    """The DeepSpeed engine, optimizer and LR schedule over ``module``, as training uses them
-    (also what ``tools/bench/train.py`` times): our weight-decay groups, our warmup + decay
-    schedule, model-parallel gradient clipping, optional ``torch.compile``."""
-    import deepspeed
-
-    pipelined = cfg.parallel.pipe_parallel_size >= 1
-    if cfg.training.compile:
-        module.compile()  # compiles forward in place: state-dict names stay unprefixed
-    warmup = int(cfg.lr_schedule.warmup * lr_decay_iters)
-    schedule = lambda opt: AnnealingLR(  # noqa: E731 - DeepSpeed calls it with its optimizer
-        opt, cfg.optimizer.lr, warmup, lr_decay_iters, cfg.lr_schedule.lr_decay_style,
-        cfg.lr_schedule.min_lr)
-    engine, optimizer, _, lr_scheduler = deepspeed.initialize(
-        model=module, model_parameters=param_groups(module, cfg.optimizer.weight_decay),
-        lr_scheduler=schedule, config=build_deepspeed_config(cfg, on_gpu=on_gpu),
-        mpu=None if pipelined else state,
-    )
-    _use_model_parallel_clipping(engine, state)
-    if not pipelined and state.dp_size == 1 and cfg.parallel.zero_optimization.get("stage", 0) == 0:
-        # One data-parallel replica: DeepSpeed would still flatten every gradient into
-        # buckets and all-reduce them over a group of one. Nothing to average: skip it.
-        engine.enable_backward_allreduce = False
-    return engine, optimizer, lr_scheduler
-
-
-def _use_model_parallel_clipping(engine: Any, state: ParallelState) -> None:
-    """Clip fp32 (ZeRO-0) gradients by the norm over the whole model replica, and keep it.
-
-    DeepSpeed's fp32 path counts untagged (tensor-replicated) parameters only where its
-    ``get_model_parallel_rank()`` is 0, which under pipeline parallelism is the first stage
-    only, and it does not keep the norm it computed. This version counts replicated parameters
-    once per pipeline stage (on tensor rank 0), skips DeepSpeed's pipeline copies of tied
-    weights, and sums over all tensor and pipeline ranks of the replica.
-    """
-
-    def clip_and_record() -> None:
-        params = [p for p in engine.module.parameters() if p.grad is not None]
-        engine._global_grad_norm = clip_grad_norm(params, engine.gradient_clipping(), state)
-
-    engine.clip_fp32_gradients = clip_and_record
-
-
-def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float, state: ParallelState) -> torch.Tensor:
-    """Scale gradients so that their global 2-norm is at most ``max_norm``; returns the norm."""
-    counted = [p.grad.detach() for p in params
-               if not getattr(p, "ds_pipe_replicated", False)
-               and (state.tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]
-    device = params[0].grad.device if params else torch.device("cpu")
-    norms = torch._foreach_norm(counted) if counted else [torch.zeros((), device=device)]
-    total = torch.stack([n.float() for n in norms]).pow(2).sum()
-    if state.tp_size * state.pp_size > 1:
-        dist.all_reduce(total, group=state.mp_group)
-    norm = total.sqrt()
-    # Scale by min(1, max_norm / norm) as a tensor, as torch's clip_grad_norm_ does: deciding
-    # "is it above max_norm?" on the host would wait for the device in the middle of the step.
-    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-    torch._foreach_mul_([p.grad for p in params], coef)
-    return norm
 
 
 def _progress_bar(total: int, initial: int, enabled: bool) -> Any:

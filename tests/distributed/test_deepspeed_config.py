@@ -28,7 +28,7 @@ def _train(rank: int, world: int, stage: int) -> dict:
     import deepspeed
     import torch.distributed as dist
 
-    from megatron_lite.utils.distributed import init_distributed
+    from megatron_lite.launcher.worker import init_distributed
 
     cfg = resolve(config_from_flat({**FLAT, "zero_optimization": {"stage": stage}}), world)
     state = init_distributed(cfg)

@@ -29,12 +29,12 @@ def _flat(variant: str) -> dict:
 def _run(rank: int, world: int, tp: int) -> dict:
     import torch.distributed as dist
 
+    from megatron_lite.checkpoint.sharding import merge_shards
     from megatron_lite.config import config_from_flat
     from megatron_lite.config.derived import resolve
+    from megatron_lite.launcher.worker import init_distributed
     from megatron_lite.model.gpt import GPTModel
-    from megatron_lite.model.sharding import merge_shards
     from megatron_lite.parallel.cross_entropy import masked_mean_loss
-    from megatron_lite.utils.distributed import init_distributed
 
     results = {}
     state = None

@@ -1,13 +1,14 @@
 """Run ``steps.train_step`` on one GPU and report every host-device synchronization inside it.
 
-    python tests/gpu/sync_probe.py {fp32,bf16} REPORT.json
+    PYTHONPATH=. python tests/gpu/sync_probe.py {fp32,bf16} REPORT.json
 
-A process of its own (tests/gpu/test_gpu.py runs it): the step needs a process group, which
-test processes do not have. The step is the one ``tools/bench/train.py`` times: a DeepSpeed
-engine from ``trainer.build_engine`` over ``GPTModel``. Syncs are caught two ways: implicit ones
-(``.item()``, ``bool(tensor)``, device-to-host copies) through torch's sync debug mode, and
-explicit ``torch.cuda.synchronize`` calls by wrapping that function. Each is reported as the
-innermost frame outside torch, "file:line".
+A process of its own (tests/gpu/test_gpu.py runs it, with PYTHONPATH set to the repository for
+``tests``): the step needs a process group, which test processes do not have. The step is the
+one ``tools/bench/train.py`` times: a DeepSpeed engine from ``training.engine.build_engine``
+over ``GPTModel``. Syncs are caught two ways: implicit ones (``.item()``, ``bool(tensor)``,
+device-to-host copies) through torch's sync debug mode, and explicit ``torch.cuda.synchronize``
+calls by wrapping that function. Each is reported as the innermost frame outside torch,
+"file:line".
 """
 
 from __future__ import annotations
@@ -21,10 +22,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from tests.bench_module import load_train_bench  # noqa: E402
+from tests.bench_module import load_train_bench
 
 
 def _caller() -> str:

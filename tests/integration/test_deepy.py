@@ -77,7 +77,7 @@ def test_workers_report_consistent_parallel_state(tmp_path, world, tp, pp):
     run_dir = next((tmp_path / "logs").iterdir())
     for rank in range(world):
         log = (run_dir / f"rank{rank}.log").read_text()
-        assert f"[rank {rank}] INFO megatron_lite.utils.distributed: parallel layout" in log
+        assert f"[rank {rank}] INFO megatron_lite.launcher.worker: parallel layout" in log
     # The console shows rank 0's INFO lines only.
     assert "[rank 0] INFO" in result.stderr and "[rank 1] INFO" not in result.stderr
     printed = subprocess.run(

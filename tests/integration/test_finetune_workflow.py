@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.distributed.spawn import free_port
@@ -123,15 +124,20 @@ def evaluate(command: str, cwd: Path) -> dict:
     return results
 
 
+@pytest.mark.meta
+def test_readme_finetune_section_is_the_tested_workflow():
+    section = readme_section()
+    assert readme_commands(section) == COMMANDS
+    finetune_yml, eval_yml = code_blocks(section, "yaml")
+    assert finetune_yml.startswith("# finetune.yml") and eval_yml.startswith("# eval.yml")
+
+
 def test_finetune_workflow_from_hf_to_hf(tmp_path):
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
     import megatron_lite
 
-    section = readme_section()
-    assert readme_commands(section) == COMMANDS
-    finetune_yml, eval_yml = code_blocks(section, "yaml")
-    assert finetune_yml.startswith("# finetune.yml") and eval_yml.startswith("# eval.yml")
+    finetune_yml, eval_yml = code_blocks(readme_section(), "yaml")  # the README's configs
 
     make_hf_model(tmp_path / "pythia-160m")
     train, held_out = FACTS[:-HELD_OUT], FACTS[-HELD_OUT:]

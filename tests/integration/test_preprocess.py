@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -23,6 +24,11 @@ TEXTS = [
     "def f(x):\n    return x * 2\n",
     "A fourth document, plain ASCII and somewhat longer than the others " * 3,
 ]
+
+
+def tools_on_path() -> dict[str, str]:
+    """The environment for a child that imports tools/preprocess_data.py (a script) by name."""
+    return {**os.environ, "PYTHONPATH": str(REPO / "tools")}
 
 
 def tool(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -310,8 +316,7 @@ def test_killed_mid_run_leaves_no_valid_looking_output(tmp_path):
     """SIGKILL after some documents were written: only *.tmp files remain, no .bin/.idx."""
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": f"document number {i}"} for i in range(400)])
     script = f"""
-import os, signal, sys
-sys.path.insert(0, {str(REPO / 'tools')!r})
+import os, signal
 import preprocess_data
 
 real = preprocess_data.iter_documents
@@ -324,7 +329,8 @@ preprocess_data.iter_documents = dying
 preprocess_data.main(["--input", {str(src)!r}, "--output-prefix", {str(tmp_path / 'out')!r},
                       "--tokenizer-type", "CharLevelTokenizer", "--batch-size", "8"])
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env=tools_on_path())
     assert result.returncode == -9
     left = leftovers(tmp_path)
     assert left and all(name.endswith(".tmp") for name in left), left
@@ -335,7 +341,6 @@ def test_ctrl_c_with_workers_is_one_line_and_leaves_nothing(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": f"document number {i}"} for i in range(400)])
     script = f"""
 import os, signal, sys, time
-sys.path.insert(0, {str(REPO / 'tools')!r})
 import preprocess_data
 
 real = preprocess_data.iter_documents
@@ -350,7 +355,7 @@ sys.exit(preprocess_data.main(["--input", {str(src)!r}, "--output-prefix", {str(
                                "--tokenizer-type", "CharLevelTokenizer", "--batch-size", "8", "--workers", "2"]))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                            start_new_session=True)
+                            env=tools_on_path(), start_new_session=True)
     assert result.returncode == 130, result.stderr
     assert "interrupted; no output written" in result.stderr and "Traceback" not in result.stderr
     assert leftovers(tmp_path) == []

@@ -15,14 +15,11 @@ import pytest
 import torch
 
 import megatron_lite
+from megatron_lite.checkpoint.layout import read_meta, read_step_config
+from megatron_lite.checkpoint.weights import write_weights_checkpoint
 from megatron_lite.config import config_from_flat, dump_yaml
 from megatron_lite.config.derived import resolve
 from megatron_lite.model.gpt import GPTModel
-from megatron_lite.training.checkpoint_format import (
-    read_meta,
-    read_step_config,
-    write_weights_checkpoint,
-)
 from tests.integration.test_train import base_config, data_prefix, records, run_train  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]

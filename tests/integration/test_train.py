@@ -194,16 +194,36 @@ def test_sigterm_saves_then_exits(tmp_path, data_prefix):
     assert "received signal" in err
 
 
+# train.py with every save held for 4 s between DeepSpeed's files and the completeness mark:
+# the window a crash-safe save must survive. The fault is injected from outside the library.
+_SLOW_SAVE_TRAIN = """
+import sys, time
+from megatron_lite.checkpoint import engine
+from megatron_lite.training.main import main
+
+_finish = engine.finish_step_dir
+
+def _slow_finish(*args, **kwargs):
+    time.sleep(4)
+    return _finish(*args, **kwargs)
+
+engine.finish_step_dir = _slow_finish
+sys.exit(main())
+"""
+
+
 def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path, data_prefix):
     save = tmp_path / "ckpt"
     cfg = base_config(tmp_path, data_prefix, train_micro_batch_size_per_gpu=4, save=str(save),
                       load=str(save), checkpoint_factor=2, train_iters=6)
     path = tmp_path / "run.yml"
     path.write_text(json.dumps(cfg))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MEGATRON_LITE_TEST_SAVE_PAUSE": "4"}
+    script = tmp_path / "slow_save_train.py"
+    script.write_text(_SLOW_SAVE_TRAIN)
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "deepy.py"), str(REPO / "train.py"), str(path)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, str(REPO / "deepy.py"), str(script), str(path)],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     # The pause comes after DeepSpeed wrote global_step4's files, before it is marked complete.
     deadline = time.monotonic() + 120

@@ -10,7 +10,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from megatron_lite.utils.distributed import start_worker
+from megatron_lite.launcher.worker import start_worker
 
 
 def measured_size(group) -> int:

@@ -14,6 +14,7 @@ import torch
 
 from tests.bench_module import load_train_bench
 
+pytestmark = pytest.mark.meta
 REPO = Path(__file__).resolve().parents[2]
 
 

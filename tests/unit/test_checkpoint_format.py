@@ -11,24 +11,26 @@ import pytest
 import torch
 
 import megatron_lite
-from megatron_lite.config import config_from_flat, dump_yaml
-from megatron_lite.config.derived import resolve
-from megatron_lite.model.gpt import GPTModel
-from megatron_lite.model.pipeline import pipeline_index_to_prefix
-from megatron_lite.parallel.state import ParallelState
-from megatron_lite.training.checkpoint_format import (
+from megatron_lite.checkpoint.layout import (
     CONFIG_FILE,
     META_FILE,
     CheckpointError,
     CheckpointMeta,
     finish_step_dir,
-    read_full_state_dict,
     read_meta,
     resolve_step_dir,
-    shard_state_dict,
     write_latest,
+)
+from megatron_lite.checkpoint.weights import (
+    read_full_state_dict,
+    shard_state_dict,
     write_weights_checkpoint,
 )
+from megatron_lite.config import config_from_flat, dump_yaml
+from megatron_lite.config.derived import resolve
+from megatron_lite.model.gpt import GPTModel
+from megatron_lite.model.pipeline import pipeline_index_to_prefix
+from megatron_lite.parallel.state import ParallelState
 
 VOCAB = 300
 

@@ -227,6 +227,26 @@ def test_invalid_combinations(world, overrides, expected):
         resolved(world_size=world, **overrides)
 
 
+@pytest.mark.parametrize("split", ["969,30,1", "969/30/1", "100", "0.7, 0.2, 0.1"])
+def test_split_accepted_by_the_pre_launch_check_as_by_the_data_layer(split):
+    """One validator per key: what the data layer parses, the pre-launch check accepts."""
+    from megatron_lite.data.data_utils import split_boundaries
+
+    cfg = resolved(world_size=1, split=split)
+    assert split_boundaries(cfg.data.split, 1000)[-1] == 1000
+
+
+@pytest.mark.parametrize("split", ["90:10", "1,2,3,4", "0,0,0", ""])
+def test_bad_split_gets_the_same_message_before_launch_and_at_run_time(split):
+    from megatron_lite.data.data_utils import parse_split
+
+    with pytest.raises(ConfigError) as before_launch:
+        resolved(world_size=1, split=split)
+    with pytest.raises(ConfigError) as at_run_time:
+        parse_split(split)
+    assert str(before_launch.value) == str(at_run_time.value)
+
+
 def test_zero_2_and_3_allowed_without_pipeline():
     for stage in (0, 1, 2, 3):
         cfg = resolved(world_size=2, pipe_parallel_size=0, zero_optimization={"stage": stage})
@@ -299,6 +319,7 @@ def test_config_printer_prints_yaml_and_fails_clearly(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.meta
 def test_docs_config_md_is_current():
     result = subprocess.run(
         [sys.executable, "tools/gen_config_docs.py", "--check", "docs/config.md"],

@@ -1,11 +1,11 @@
 """GPT sample indexing: token coverage, packing, determinism, caching, splits and dataset building."""
 
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from megatron_lite.config.schema import DataConfig
 from megatron_lite.data import gpt_dataset as gd
 from megatron_lite.data.blendable_dataset import weights_by_num_documents
 from megatron_lite.data.data_utils import (
@@ -242,13 +242,7 @@ def test_num_samples_as_gpt_neox():
 
 
 def _cfg(**kw):
-    keys = ["data_path", "train_data_paths", "valid_data_paths", "test_data_paths",
-            "train_data_weights", "valid_data_weights", "test_data_weights",
-            "train_label_data_paths", "valid_label_data_paths", "test_label_data_paths"]
-    base = dict.fromkeys(keys)
-    base.update(split="969,30,1", weight_by_num_documents=False, weighted_sampler_alpha=1.0)
-    base.update(kw)
-    return SimpleNamespace(**base)
+    return DataConfig(**kw)  # the typed data config the trainer passes
 
 
 def test_data_path_split_gives_disjoint_document_ranges(corpus):

@@ -17,15 +17,12 @@ from safetensors.torch import load_file, save_file
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 import megatron_lite
+from megatron_lite.checkpoint.hf import UnsupportedForHF, check_exportable, model_keys_from_hf
+from megatron_lite.checkpoint.layout import resolve_step_dir
+from megatron_lite.checkpoint.weights import read_full_state_dict, write_weights_checkpoint
 from megatron_lite.config import config_from_flat, dump_yaml, load_resolved
 from megatron_lite.config.derived import resolve
 from megatron_lite.model.gpt import GPTModel
-from megatron_lite.model.hf_interop import UnsupportedForHF, check_exportable, model_keys_from_hf
-from megatron_lite.training.checkpoint_format import (
-    read_full_state_dict,
-    resolve_step_dir,
-    write_weights_checkpoint,
-)
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 300
@@ -195,7 +192,7 @@ def test_convert_from_hf_command_tp2_with_tokenizer_and_back(tmp_path):
 
 def test_model_vocab_larger_than_tokenizer_pads_from_the_tokenizer(tmp_path):
     """GPT-NeoX-20B-like: the embedding has rows past the tokenizer's (and past its 128-padding)."""
-    from megatron_lite.model.hf_interop import read_hf_dir
+    from megatron_lite.checkpoint.hf import read_hf_dir
 
     hf_dir = hf_model(tmp_path, rotary_pct=0.25, parallel=True, tied=True)
     add_tokenizer(hf_dir)  # 280 tokens -> 384 rows at divisor 128, but the model has 300... fits
@@ -314,13 +311,12 @@ def test_gpt2_vocab_merges_tokenizer_exports_as_tokenizer_json(tmp_path, kind):
 
 
 def test_loading_hf_weights_into_a_different_architecture_is_an_error():
-    from megatron_lite.training.checkpoint_format import CheckpointError
-    from megatron_lite.training.checkpointing import _check_same_architecture
-
+    from megatron_lite.checkpoint.layout import CheckpointError
+    from megatron_lite.checkpoint.loader import check_same_architecture
     cfg = resolve(config_from_flat({"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
                                     "seq_length": 8, "padded_vocab_size": 64, "pos_emb": "rotary",
                                     "rotary_pct": 1.0, "make_vocab_size_divisible_by": 64}), 1)
     hf_keys = {"num_layers": 2, "hidden_size": 64, "rotary_pct": 0.25, "gpt_j_residual": False}
     with pytest.raises(CheckpointError, match="rotary_pct: config 1.0, hf_dir 0.25"):
-        _check_same_architecture("hf_dir", hf_keys, cfg)
-    _check_same_architecture("hf_dir", {**hf_keys, "rotary_pct": 1.0}, cfg)
+        check_same_architecture("hf_dir", hf_keys, cfg)
+    check_same_architecture("hf_dir", {**hf_keys, "rotary_pct": 1.0}, cfg)

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_lite.checkpoint.layout import META_FILE
+from megatron_lite.checkpoint.weights import write_weights_checkpoint
 from megatron_lite.config import config_from_flat, dump_yaml
 from megatron_lite.config.derived import resolve
 from megatron_lite.model.gpt import GPTModel
-from megatron_lite.training.checkpoint_format import META_FILE, write_weights_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 

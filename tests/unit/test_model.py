@@ -106,11 +106,11 @@ def test_dropout_is_active_in_training_only():
 @pytest.mark.parametrize("rows", [1, 2, 8, 16, 17])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_decoding_linear_equals_f_linear(rows, with_bias):
-    """The CPU decoding path of parallel.layers.linear (weight @ x^T) is F.linear up to rounding,
-    keeps the input's leading shape, and is not taken where autograd records the product."""
+    """The CPU decoding product of inference.cpu_decoding (weight @ x^T) is F.linear up to
+    rounding, keeps the input's leading shape, and is not taken where autograd records it."""
     import torch.nn.functional as F
 
-    from megatron_lite.parallel.layers import linear
+    from megatron_lite.inference.cpu_decoding import decoding_linear as linear
 
     gen = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, 1, 64, generator=gen)  # [b, s=1, in]: one new token per sequence
@@ -161,3 +161,25 @@ def test_attention_equals_a_plain_reference(kv_heads, rotary_pct):
     positions = torch.arange(10).unsqueeze(0)
     expected = _reference_attention(attn, x, 4, kv_heads, int(16 * rotary_pct))
     torch.testing.assert_close(attn(x, positions), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_few_row_products_reroute_only_inside_generation():
+    """Within ``few_row_products`` the model's own F.linear calls take the decoding form (same
+    logits up to rounding); outside it, and on autograd, F.linear runs unchanged."""
+    from unittest import mock
+
+    from megatron_lite.inference import cpu_decoding
+
+    model = GPTModel(model_cfg(pos_emb="rotary")).eval()
+    tokens = torch.randint(0, 96, (4, 1))  # [b, s=1]: a decoding step
+    with torch.no_grad():
+        expected = model(tokens)
+        with mock.patch.object(cpu_decoding, "decoding_linear", wraps=cpu_decoding.decoding_linear) as spy:
+            with cpu_decoding.few_row_products(torch.device("cpu")):
+                got = model(tokens)
+            assert spy.call_count >= 2 * model.cfg.num_layers  # every layer's products went through it
+            calls = spy.call_count
+            model(tokens)
+            assert spy.call_count == calls  # outside the block: untouched
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+

@@ -1,12 +1,32 @@
 """Install recipes agree: the Dockerfile installs the same requirement files as `make install`,
-and torch is pinned so that no requirement can pull a CUDA build onto a CPU machine."""
+pyproject.toml declares the same runtime requirements as requirements/requirements.txt, and torch
+is pinned so that no requirement can pull a CUDA build onto a CPU machine."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.meta
+
+
+def requirements_txt(path: Path) -> dict[str, Requirement]:
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    reqs = [Requirement(line) for line in lines if line and not line.startswith("-")]
+    return {canonicalize_name(req.name): req for req in reqs}
+
+
+def pyproject_dependencies() -> dict[str, Requirement]:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    with open(REPO / "pyproject.toml", "rb") as handle:
+        deps = tomllib.load(handle)["project"]["dependencies"]
+    reqs = [Requirement(dep) for dep in deps]
+    return {canonicalize_name(req.name): req for req in reqs}
 
 
 def requirement_files(text: str) -> set[str]:
@@ -36,3 +56,16 @@ def test_torch_is_range_pinned_and_installed_first():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (REPO / ".ci" / "run").read_text()
     assert "make test" in (REPO / "README.md").read_text()
+
+
+def test_pyproject_declares_the_runtime_requirements_of_requirements_txt():
+    pinned = requirements_txt(REPO / "requirements" / "requirements.txt")
+    declared = pyproject_dependencies()
+    assert "torch" in pinned
+    missing = sorted(set(pinned) - set(declared))
+    assert not missing, f"in requirements/requirements.txt but not in pyproject.toml: {missing}"
+    extra = sorted(set(declared) - set(pinned))
+    assert not extra, f"in pyproject.toml but not in requirements/requirements.txt: {extra}"
+    differ = {name: (str(pinned[name].specifier), str(declared[name].specifier))
+              for name in pinned if pinned[name].specifier != declared[name].specifier}
+    assert not differ, f"ranges differ (requirements.txt, pyproject.toml): {differ}"

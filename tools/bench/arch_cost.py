@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -24,11 +23,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from megatron_lite.config import config_from_flat  # noqa: E402
-from megatron_lite.config.derived import resolve  # noqa: E402
-from megatron_lite.model.gpt import GPTModel  # noqa: E402
+from megatron_lite.config import config_from_flat
+from megatron_lite.config.derived import resolve
+from megatron_lite.model.gpt import GPTModel
 
 SHAPE = {"num_layers": 4, "hidden_size": 128, "num_attention_heads": 4, "seq_length": 64,
          "max_position_embeddings": 64, "padded_vocab_size": 65, "train_micro_batch_size_per_gpu": 12}

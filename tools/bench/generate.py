@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -21,11 +20,8 @@ import time
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-
-import megatron_lite  # noqa: E402
-from megatron_lite.inference.generation import SamplingParams, generate_batch  # noqa: E402
+import megatron_lite
+from megatron_lite.inference.generation import SamplingParams, generate_batch
 
 
 class _Ids:

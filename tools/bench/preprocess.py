@@ -14,6 +14,7 @@ time ratios need idle cores to mean anything (the load average is printed).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -25,17 +26,29 @@ import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tools"))
-
-from megatron_lite.data.indexed_dataset import (  # noqa: E402
+from megatron_lite.data.indexed_dataset import (
     MMapIndexedDatasetBuilder,
     data_file_path,
     index_file_path,
 )
-from megatron_lite.data.readers import ReadStats, iter_documents  # noqa: E402
-from megatron_lite.tokenizer import build_tokenizer_from  # noqa: E402
+from megatron_lite.data.readers import ReadStats, iter_documents
+from megatron_lite.tokenizer import build_tokenizer_from
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load_preprocess_data():
+    """tools/preprocess_data.py (a script, not a package module) as module ``preprocess_data``.
+    Registered in sys.modules at import time, so its worker pool can pickle its functions; a
+    spawned worker re-runs this module and registers it again."""
+    spec = importlib.util.spec_from_file_location("preprocess_data", os.path.join(REPO, "tools", "preprocess_data.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+preprocess_data = _load_preprocess_data()
 
 
 def _cpu_seconds() -> float:
@@ -65,8 +78,6 @@ def baseline(corpus: str, vocab: str, out: str) -> dict:
 
 
 def ours(corpus: str, vocab: str, out: str, workers: int) -> dict:
-    import preprocess_data
-
     args = preprocess_data.parse_args(["--input", corpus, "--output-prefix", out, "--tokenizer-type",
                                        "HFTokenizer", "--vocab-file", vocab, "--append-eod",
                                        "--workers", str(workers)])

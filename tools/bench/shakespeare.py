@@ -13,7 +13,7 @@ CharLevelTokenizer, which on this ASCII corpus is character-level).
 
 With ``--repeats N`` the two alternate, the order swapping each repeat (this machine's speed
 drifts by up to 30% over minutes); each repeat's ratio and the medians are printed.
-megatron_lite's workers keep freed host memory for reuse (``megatron_lite/utils/allocator.py``);
+megatron_lite's workers keep freed host memory for reuse (``megatron_lite/launcher/allocator.py``);
 ``--reference-keep-freed-memory`` gives the reference loop the same setting, to show how much
 of the difference that setting is.
 """
@@ -30,20 +30,17 @@ import tempfile
 import time
 
 import numpy as np
+from nanogpt_style import NanoConfig  # a sibling module: this script's directory is on sys.path
+from nanogpt_style import train as nano_train
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from nanogpt_style import NanoConfig  # noqa: E402
-from nanogpt_style import train as nano_train  # noqa: E402
-
-from megatron_lite.data.indexed_dataset import (  # noqa: E402
+from megatron_lite.data.indexed_dataset import (
     MMapIndexedDatasetBuilder,
     data_file_path,
     index_file_path,
 )
-from megatron_lite.utils.allocator import keep_freed_memory  # noqa: E402
+from megatron_lite.launcher.allocator import keep_freed_memory
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def write_dataset(prefix: str, data: np.ndarray) -> None:

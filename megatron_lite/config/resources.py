@@ -1,4 +1,5 @@
-"""Hostfiles and local devices: how many ranks a run will have, without importing torch.
+"""Hostfiles and local devices: how many ranks a run will have, without importing torch (used by
+deepy.py before launch and by ``python -m megatron_lite.config``).
 
 A hostfile is DeepSpeed's format, one ``hostname slots=N`` per line, ``#`` comments allowed.
 GPT-NeoX configs ship a placeholder ``hostfile: /mock_path``; like DeepSpeed's runner we treat
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 from collections import OrderedDict
 
+from megatron_lite.config.schema import Config
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -127,3 +129,12 @@ def plan_world(
         if num_gpus is not None:
             hosts = OrderedDict((h, min(n, num_gpus)) for h, n in hosts.items())
     return hosts, sum(hosts.values())
+
+
+def launch_world_size(cfg: Config) -> int:
+    """Ranks the run will have: ``global_num_gpus`` when the config sets it, else what the
+    DeepSpeed runner starts for the hostfile (or this machine)."""
+    if cfg.parallel.global_num_gpus is not None:
+        return cfg.parallel.global_num_gpus
+    la = cfg.launcher
+    return plan_world(la.hostfile, la.num_nodes, la.num_gpus, la.include, la.exclude)[1]

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from megatron_lite.checkpoint.weights import fit_vocab_rows
 from megatron_lite.config.schema import ModelConfig
 from megatron_lite.utils.logging import get_logger
 
@@ -124,12 +125,6 @@ def model_keys_from_hf(hf: dict[str, Any], seq_length: int | None = None) -> dic
     }
 
 
-def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    if t.shape[0] > rows:
-        raise UnsupportedForHF(f"vocabulary of {t.shape[0]} rows exceeds padded_vocab_size {rows}")
-    return torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])]) if t.shape[0] < rows else t
-
-
 def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], padded_vocab: int, tied: bool) -> dict[str, torch.Tensor]:
     """HF GPTNeoXForCausalLM weights -> our full (tp = 1) GPTModel state dict.
 
@@ -142,11 +137,11 @@ def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], padded_vocab: int, tied: 
             continue  # causal-mask and rotary buffers of older files, not weights
         if key in HEAD_KEYS:
             if not tied:
-                out["lm_head.embed_out.weight"] = _pad_rows(value, padded_vocab)
+                out["lm_head.embed_out.weight"] = value
             continue
         name = key.removeprefix("gpt_neox.").replace("final_layer_norm", "final_layernorm")
         if name == "embed_in.weight":
-            out["embedding.word_embeddings.weight"] = _pad_rows(value, padded_vocab)
+            out["embedding.word_embeddings.weight"] = value
         else:
             out[name] = value
     if "embedding.word_embeddings.weight" not in out:
@@ -154,7 +149,10 @@ def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], padded_vocab: int, tied: 
     if not tied and "lm_head.embed_out.weight" not in out:
         raise UnsupportedForHF("untied model (tie_word_embeddings false) without an LM head "
                                "(embed_out.weight / lm_head.weight): a bare GPTNeoXModel?")
-    return out
+    rows = out["embedding.word_embeddings.weight"].shape[0]
+    if rows > padded_vocab:
+        raise UnsupportedForHF(f"vocabulary of {rows} rows exceeds padded_vocab_size {padded_vocab}")
+    return fit_vocab_rows(out, padded_vocab)
 
 
 def state_dict_to_hf(sd: dict[str, torch.Tensor], vocab_size: int, head_name: str = "embed_out.weight") -> dict[str, torch.Tensor]:

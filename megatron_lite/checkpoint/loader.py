@@ -1,11 +1,13 @@
-"""Python API: load a model from one of our checkpoints or a Hugging Face GPTNeoX directory.
+"""The one loader: weights from our checkpoints (any tp/pp layout) or a Hugging Face GPTNeoX
+directory, for every reader (the Python API, generation, evaluation, fine-tuning, the tools).
 
-    model, tokenizer = megatron_lite.load_model("checkpoints")      # any tp/pp layout
-    logits = model(tokens)                                          # [b, s] -> [b, s, vocab]
-    texts = megatron_lite.generate(model, tokenizer, ["Once upon a time"], max_new_tokens=32)
+    cfg, full, tokenizer, vocab = load_weights(path)            # full tp = 1 state dict
+    load_model_weights(module, run_cfg, tp_rank, pipelined)      # this rank's share, in place
+    model, tokenizer = load_model(path)                          # one process, eval mode
 
-Everything is merged into one process (tensor-parallel shards and pipeline layer files become
-one tp = 1 state dict), so no ``torch.distributed`` is needed.
+Everything is merged into one full state dict first (tensor-parallel shards and pipeline layer
+files become the tp = 1 names), then cut for the reader's layout, so any layout loads into any
+other and no ``torch.distributed`` is needed to read.
 """
 
 from __future__ import annotations
@@ -16,54 +18,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from megatron_lite.config import config_from_flat, pad_vocab_size
-from megatron_lite.config.derived import resolve
-from megatron_lite.config.schema import ModelConfig
-from megatron_lite.model.gpt import GPTModel
-from megatron_lite.model.hf_interop import (
+from megatron_lite.checkpoint.hf import (
     is_hf_dir,
     model_keys_from_hf,
     read_hf_dir,
     state_dict_from_hf,
 )
-from megatron_lite.model.kv_cache import KVCache
-from megatron_lite.tokenizer import build_tokenizer_from
-from megatron_lite.training.checkpoint_format import (
+from megatron_lite.checkpoint.layout import (
     TOKENIZER_DIR,
     CheckpointError,
-    read_full_state_dict,
     read_meta,
     read_step_config,
     resolve_step_dir,
 )
+from megatron_lite.checkpoint.weights import (
+    fit_vocab_rows,
+    pipeline_key_to_model,
+    read_full_state_dict,
+    shard_state_dict,
+)
+from megatron_lite.config import Config, config_from_flat, pad_vocab_size
+from megatron_lite.config.derived import GLU_ACTIVATIONS, resolve
+from megatron_lite.config.schema import ModelConfig
+from megatron_lite.model.causal_lm import CausalLM
+from megatron_lite.model.gpt import GPTModel
+from megatron_lite.tokenizer import build_tokenizer_from
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
 Loaded = tuple[ModelConfig, dict[str, torch.Tensor], Any, int]
-
-
-class CausalLM(nn.Module):
-    """A GPTModel on one process whose forward returns logits over the real vocabulary.
-
-    ``self.gpt`` is the inner ``GPTModel`` (its ``new_kv_cache`` / ``cfg`` serve generation);
-    ``self.vocab_size`` the real vocabulary (the embedding's padding rows are cut off).
-    """
-
-    def __init__(self, gpt: GPTModel, vocab_size: int) -> None:
-        super().__init__()
-        self.gpt, self.vocab_size = gpt, vocab_size
-
-    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
-                cache: KVCache | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [b, s] LongTensor -> logits [b, s, vocab_size]."""
-        logits = self.gpt(tokens, position_ids=position_ids, cache=cache,
-                          attention_mask=attention_mask, gather_logits=True)
-        return logits[..., : self.vocab_size]
-
-    def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
-        """An empty KV cache for incremental decoding (see ``GPTModel.new_kv_cache``)."""
-        return self.gpt.new_kv_cache(batch_size, max_len)
 
 
 def _hf_tokenizer(path: str) -> Any:
@@ -110,7 +94,7 @@ def _checkpoint_model(path: str, iteration: int | None) -> Loaded:
     flat = read_step_config(step)
     cfg = config_from_flat(flat)  # the saved, already resolved values (padded vocab included)
     tokenizer = _checkpoint_tokenizer(step, flat)
-    full = read_full_state_dict(step, glu=cfg.model.activation in ("swiglu", "geglu"))
+    full = read_full_state_dict(step, glu=cfg.model.activation in GLU_ACTIVATIONS)
     # The vocabulary the model was made for: recorded at save/convert time (a converted HF model
     # keeps its own, possibly padded, size), else the tokenizer's.
     vocab = read_meta(step).vocab_size or (tokenizer.vocab_size if tokenizer else cfg.model.padded_vocab_size)
@@ -154,3 +138,43 @@ def load_model(path: str, device: str | torch.device = "cpu", iteration: int | N
     gpt.load_state_dict(full, strict=True)
     logger.info("loaded %s: %d layers, hidden %d, vocab %d", path, cfg.num_layers, cfg.hidden_size, vocab)
     return CausalLM(gpt, vocab).to(device).eval(), tokenizer
+
+
+def load_model_weights(module: nn.Module, cfg: Config, tp_rank: int, pipelined: bool) -> None:
+    """Weights only, from ``load`` (our checkpoint of any layout, or a Hugging Face GPTNeoX
+    directory), into this rank's (tensor/pipeline) part of ``module``: fine-tuning, resuming a
+    weights-only checkpoint, generation and evaluation workers."""
+    source = cfg.checkpoint.load
+    source_cfg, full, _, _ = load_weights(source, cfg.checkpoint.iteration)
+    if is_hf_dir(source):
+        check_same_architecture(source, {k: getattr(source_cfg, k) for k in _ARCHITECTURE_KEYS}, cfg)
+    full = fit_vocab_rows(full, cfg.model.padded_vocab_size)
+    glu = cfg.model.activation in GLU_ACTIVATIONS
+    shard = shard_state_dict(full, cfg.parallel.model_parallel_size, tp_rank, glu)
+    own = module.state_dict()
+    names = {key: pipeline_key_to_model(key, cfg.model.num_layers) if pipelined else key for key in own}
+    missing = [name for name in names.values() if name not in shard]
+    if missing:
+        raise CheckpointError(f"{source} lacks weights for {', '.join(missing[:5])}")
+    for key, name in names.items():
+        if shard[name].shape != own[key].shape:
+            raise CheckpointError(
+                f"{source}: {name} has shape {tuple(shard[name].shape)}, the model expects "
+                f"{tuple(own[key].shape)} (a different model shape in the config?)")
+    module.load_state_dict({key: shard[name] for key, name in names.items()}, strict=True)
+    logger.info("loaded model weights from %s", source)
+
+
+_ARCHITECTURE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+                      "pos_emb", "rotary_pct", "rotary_emb_base", "gpt_j_residual", "no_weight_tying",
+                      "activation", "norm")
+
+
+def check_same_architecture(source: str, hf_keys: dict[str, Any], cfg: Config) -> None:
+    """Weights of matching shapes can still belong to another architecture (rotary fraction,
+    residual style, activation): compare with the Hugging Face model's config first."""
+    differ = [f"{k}: config {getattr(cfg.model, k)!r}, {source} {hf_keys[k]!r}"
+              for k in _ARCHITECTURE_KEYS if k in hf_keys and getattr(cfg.model, k) != hf_keys[k]]
+    if differ:
+        raise CheckpointError("the run's model config differs from the Hugging Face model it loads: "
+                              + "; ".join(differ) + " (tools/convert_from_hf.py writes a matching config.yml)")
