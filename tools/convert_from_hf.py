@@ -15,14 +15,18 @@ vocab.json + merges.txt (GPT2BPETokenizer), copied next to the checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 
 import yaml
 
-from megatron_lite.checkpoint.hf import UnsupportedForHF, is_hf_dir, model_keys_from_hf
+from megatron_lite.checkpoint.hf import (
+    UnsupportedForHF,
+    is_hf_dir,
+    model_keys_from_hf,
+    read_hf_config,
+)
 from megatron_lite.checkpoint.loader import load_weights
 from megatron_lite.checkpoint.weights import fit_vocab_rows, write_weights_checkpoint
 from megatron_lite.config import config_from_flat, dump_yaml, pad_vocab_size
@@ -92,8 +96,7 @@ def convert(input_dir: str, output_dir: str, tp: int) -> tuple[str, bool]:
 
     An output directory this call created is removed again if anything fails."""
     _check_paths(input_dir, output_dir)
-    with open(os.path.join(input_dir, "config.json"), encoding="utf-8") as handle:
-        hf_config = json.load(handle)
+    hf_config = read_hf_config(input_dir)
     model_keys_from_hf(hf_config)  # unsupported architecture: fail before reading weights or writing
     _, weights, _, _ = load_weights(input_dir)  # the one loader: our names, our padding
     created = not os.path.exists(output_dir)

@@ -219,11 +219,16 @@ def _load_bin(path: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def read_hf_config(path: str) -> dict[str, Any]:
+    """An HF directory's ``config.json``."""
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def read_hf_dir(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config.json, weights) of an HF directory; safetensors preferred, else a weights-only
     ``torch.load`` of pytorch_model.bin; sharded files (``*.index.json``) too."""
-    with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
-        config = json.load(handle)
+    config = read_hf_config(path)
     from safetensors.torch import load_file
 
     candidates = [(SAFETENSORS, load_file), (SAFETENSORS + ".index.json", load_file),

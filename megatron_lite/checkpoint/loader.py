@@ -21,6 +21,7 @@ from torch import nn
 from megatron_lite.checkpoint.hf import (
     is_hf_dir,
     model_keys_from_hf,
+    read_hf_config,
     read_hf_dir,
     state_dict_from_hf,
 )
@@ -107,6 +108,15 @@ def load_weights(path: str, iteration: int | None = None) -> Loaded:
     if is_hf_dir(path):
         return _hf_model(path)
     return _checkpoint_model(path, iteration)
+
+
+def model_vocab_size(path: str, iteration: int | None, tokenizer_vocab: int) -> tuple[int, int]:
+    """(vocabulary the model's softmax covers, checkpoint iteration) of ``path``: a Hugging Face
+    directory's ``vocab_size``, else what the checkpoint recorded, else the tokenizer's."""
+    if is_hf_dir(path):
+        return int(read_hf_config(path)["vocab_size"]), 0
+    meta = read_meta(resolve_step_dir(path, iteration))
+    return meta.vocab_size or tokenizer_vocab, meta.iteration
 
 
 def check_weights_fit(model: nn.Module, full: dict[str, torch.Tensor], source: str) -> None:

@@ -28,19 +28,6 @@ from megatron_lite.utils.logging import get_logger
 logger = get_logger(__name__)
 
 
-def model_vocab_size(cfg: Config, tokenizer: Any) -> tuple[int, int]:
-    """(vocabulary the model's softmax covers, checkpoint iteration) of ``load``: a Hugging Face
-    directory's ``vocab_size``, else what the checkpoint recorded, else the tokenizer's."""
-    from megatron_lite.checkpoint.hf import is_hf_dir
-    from megatron_lite.checkpoint.layout import read_meta, resolve_step_dir
-    source = cfg.checkpoint.load
-    if is_hf_dir(source):
-        with open(os.path.join(source, "config.json"), encoding="utf-8") as handle:
-            return int(json.load(handle)["vocab_size"]), 0
-    meta = read_meta(resolve_step_dir(source, cfg.checkpoint.iteration))
-    return meta.vocab_size or tokenizer.vocab_size, meta.iteration
-
-
 def results_path(cfg: Config) -> str:
     root = cfg.logging.log_dir or "runs"
     return os.path.join(root, f"{cfg.evaluation.eval_results_prefix}_{time.strftime('%Y%m%d-%H%M%S')}.json")
@@ -88,6 +75,7 @@ def report(cfg: Config, run_dir: str, results: dict[str, Any], samples: list[dic
 
 def main(argv: list[str] | None = None) -> int:
     from megatron_lite.checkpoint.layout import CheckpointError
+    from megatron_lite.checkpoint.loader import model_vocab_size
     from megatron_lite.inference.main import GenerationError, build_model
     from megatron_lite.launcher.worker import device_for, finish_worker, start_worker
     from megatron_lite.parallel.random import seed_everything
@@ -101,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = TaskPlan(cfg)  # task names and data first: no model time spent on a typo
         tokenizer = build_tokenizer(cfg.tokenizer)
         model = build_model(cfg, state, device_for(args.local_rank))
-        vocab, iteration = model_vocab_size(cfg, tokenizer)
+        vocab, iteration = model_vocab_size(cfg.checkpoint.load, cfg.checkpoint.iteration,
+                                            tokenizer.vocab_size)
         lm = MegatronLiteLM(model, tokenizer, vocab, batch_size=cfg.evaluation.eval_batch_size,
                             seed=cfg.training.seed, show_progress=rank0 and sys.stderr.isatty(),
                             replicas=ReplicaGroup.build(state))

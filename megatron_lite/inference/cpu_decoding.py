@@ -7,21 +7,23 @@ matrix-vector kernel (one row) is slower than a two-column product of the row wi
 Measured on this project's 2-core EPYC: the 512 x 50304 LM head takes 9.6 ms for 1 row and 17 ms
 for 8 with ``F.linear``, 2.6 ms and 6.4 ms this way (figures: docs/performance.md, generation).
 
-The model's layers call plain ``F.linear``; ``few_row_products(device)`` reroutes those calls
-while generation runs, through torch's own interception mechanism (a ``TorchFunctionMode``), so
+The model's layers compute ``parallel.layers.linear``, which is ``F.linear`` unless a caller swaps
+in another product for a block; ``few_row_products(device)`` does so while generation runs, so
 training, evaluation and the GPU never see it. The result equals ``F.linear`` up to float
-rounding.
+rounding. (Intercepting ``F.linear`` with a ``TorchFunctionMode`` instead costs every torch call
+of the step a Python dispatch, 379 of them per Pythia-70M decoding step: batch-1 decoding ran
+about 15% slower that way, so the layers offer the swap explicitly.)
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+
+from megatron_lite.parallel.layers import linear_product
 
 FEW_ROWS = 16  # products with at most this many rows take the transposed form
 
@@ -41,21 +43,11 @@ def decoding_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return y + bias if bias is not None else y
 
 
-class _FewRowProducts(TorchFunctionMode):
-    """Routes ``F.linear`` to ``decoding_linear``; every other call runs unchanged."""
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if func is F.linear:
-            return decoding_linear(*args, **kwargs)
-        return func(*args, **kwargs)
-
-
 @contextlib.contextmanager
 def few_row_products(device: torch.device) -> Iterator[None]:
     """Within the block, few-row linear products on the CPU take the faster form (no-op elsewhere)."""
     if device.type != "cpu":
         yield
         return
-    with _FewRowProducts():
+    with linear_product(decoding_linear):
         yield

@@ -12,6 +12,7 @@ from megatron_lite.model.positional import sinusoidal_table
 from megatron_lite.parallel.layers import (
     ColumnParallelLinear,
     VocabParallelEmbedding,
+    linear,
     master_normal,
 )
 from megatron_lite.parallel.mappings import copy_to_region, gather_from_region
@@ -75,7 +76,7 @@ class LMHead(nn.Module):
         self, x: torch.Tensor, tied_weight: torch.Tensor | None = None, gather: bool = False
     ) -> torch.Tensor:
         if self.tied:
-            logits = F.linear(copy_to_region(x, self.state), tied_weight)
+            logits = linear(copy_to_region(x, self.state), tied_weight)
         else:
             logits = self.embed_out(x)
         return gather_from_region(logits, self.state) if gather else logits

@@ -8,8 +8,10 @@ built from the same seed hold the same numbers, which is what the invariance tes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,30 @@ def glu_row_order(rows: int, tp: int) -> torch.Tensor:
     half, chunk = rows // 2, rows // 2 // tp
     order = [torch.arange(r * chunk, (r + 1) * chunk) + off for r in range(tp) for off in (0, half)]
     return torch.cat(order)
+
+
+LinearFn = Callable[..., torch.Tensor]  # (x [*, in], weight [out, in], bias [out] | None) -> [*, out]
+
+# The product the layers (and the tied LM head) compute: F.linear, unless a caller swaps in an
+# equal one for a block (the inference path does, for CPU decoding: inference/cpu_decoding.py).
+# A context variable, not a global: a swap is local to the thread / task that made it.
+_LINEAR: ContextVar[LinearFn] = ContextVar("megatron_lite_linear", default=F.linear)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, or the product ``linear_product`` put in place."""
+    return _LINEAR.get()(x, weight, bias)
+
+
+@contextlib.contextmanager
+def linear_product(fn: LinearFn) -> Iterator[None]:
+    """Within the block, the layers compute their products with ``fn`` (which must equal
+    ``F.linear`` up to rounding)."""
+    token = _LINEAR.set(fn)
+    try:
+        yield
+    finally:
+        _LINEAR.reset(token)
 
 
 def mark_tensor_parallel(*params: nn.Parameter | None) -> None:
@@ -92,7 +118,7 @@ class ColumnParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = copy_to_region(x, self.state)
-        y = F.linear(x, self.weight, self.bias)  # [*, out/tp]
+        y = linear(x, self.weight, self.bias)  # [*, out/tp]
         return gather_from_region(y, self.state) if self.gather_output else y
 
 
@@ -129,7 +155,7 @@ class RowParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
             x = scatter_to_region(x, self.state)
-        y = reduce_from_region(F.linear(x, self.weight), self.state)  # [*, out]
+        y = reduce_from_region(linear(x, self.weight), self.state)  # [*, out]
         return y + self.bias if self.bias is not None else y
 
 

@@ -7,11 +7,15 @@ A random-init GPTNeoXForCausalLM (Pythia-70M's shape by default) is saved, loade
 (megatron_lite through ``load_model``), and asked for greedy continuations of 32-token prompts
 at batch 1 and 8, in alternation; medians of generated tokens/s are printed side by side
 with the ratio. Both use a KV cache and run on the CPU (or the GPU if there is one).
+
+``--without-cpu-decoding`` adds a third column: megatron_lite with plain ``F.linear`` products
+(``inference/cpu_decoding.py`` switched off), to measure what that trick pays.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -21,6 +25,7 @@ import time
 import torch
 
 import megatron_lite
+from megatron_lite.inference import generation
 from megatron_lite.inference.generation import SamplingParams, generate_batch
 
 
@@ -40,6 +45,16 @@ def ours_tokens_per_s(model, prompts: torch.Tensor, new: int) -> float:
     out = generate_batch(model.gpt, _Ids(model.vocab_size), prompts.tolist(), params)
     seconds = time.perf_counter() - start
     return sum(len(g.tokens) for g in out) / seconds
+
+
+def plain_tokens_per_s(model, prompts: torch.Tensor, new: int) -> float:
+    """Ours with plain F.linear products (the CPU decoding product switched off)."""
+    real = generation.few_row_products
+    generation.few_row_products = lambda device: contextlib.nullcontext()
+    try:
+        return ours_tokens_per_s(model, prompts, new)
+    finally:
+        generation.few_row_products = real
 
 
 @torch.no_grad()
@@ -63,6 +78,8 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None)
+    p.add_argument("--without-cpu-decoding", action="store_true",
+                   help="also time megatron_lite with plain F.linear products (a third column)")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
@@ -78,10 +95,13 @@ def main() -> int:
         prompts = torch.randint(0, args.vocab, (batch, args.prompt_tokens),
                                 generator=torch.Generator().manual_seed(batch)).to(device)
         ours_tokens_per_s(ours, prompts, 4), hf_tokens_per_s(hf, prompts, 4)  # warm-up
-        runs = {"megatron_lite": [], "transformers": []}
+        timers = {"megatron_lite": (ours_tokens_per_s, ours), "transformers": (hf_tokens_per_s, hf)}
+        if args.without_cpu_decoding:
+            timers["megatron_lite_plain_linear"] = (plain_tokens_per_s, ours)
+        runs: dict[str, list[float]] = {name: [] for name in timers}
         for _ in range(args.repeats):
-            runs["megatron_lite"].append(ours_tokens_per_s(ours, prompts, args.new_tokens))
-            runs["transformers"].append(hf_tokens_per_s(hf, prompts, args.new_tokens))
+            for name, (timer, model) in timers.items():
+                runs[name].append(timer(model, prompts, args.new_tokens))
         results[batch] = {k: statistics.median(v) for k, v in runs.items()}
     print(f"{args.layers} layers x {args.hidden}, vocab {args.vocab}, {args.prompt_tokens}-token prompts, "
           f"{args.new_tokens} new tokens, greedy, {device}, median of {args.repeats}")
@@ -89,6 +109,10 @@ def main() -> int:
     for batch, r in results.items():
         print(f"{batch:>6}{r['megatron_lite']:>22.1f}{r['transformers']:>21.1f}"
               f"{r['megatron_lite'] / r['transformers']:>7.2f}x")
+        if "megatron_lite_plain_linear" in r:
+            plain = r["megatron_lite_plain_linear"]
+            print(f"{'':>6}  without the CPU decoding product: {plain:.1f} tok/s; "
+                  f"with it {r['megatron_lite'] / plain:.2f}x")
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(results, handle, indent=2)
