@@ -16,6 +16,8 @@ import os
 import sys
 import sysconfig
 
+from megatron_lite.utils.files import unique_tmp_path
+
 
 def stdlib_modules(root: str) -> list[tuple[str, str]]:
     """(module name, path) of every .py file of the standard library, sorted, tests excluded."""
@@ -37,7 +39,7 @@ def write_corpus(output: str, modules: list[tuple[str, str]], max_docs: int | No
     """Write ``output`` (.jsonl.zst) via a temporary file; returns (documents, characters)."""
     import zstandard
 
-    tmp, docs, chars = output + ".tmp", 0, 0
+    tmp, docs, chars = unique_tmp_path(output), 0, 0
     try:
         with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=10).stream_writer(raw) as out:
             for module, path in modules:

@@ -20,6 +20,7 @@ from typing import Any
 
 from megatron_lite.data.readers import InputError, ReadStats, expand_inputs, iter_texts
 from megatron_lite.tokenizer.tokenizer_types import EOD_TOKEN, PAD_TOKEN
+from megatron_lite.utils.files import unique_tmp_path
 from megatron_lite.utils.logging import setup_logging
 
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--vocab-size must be at least 258 (256 bytes + 2 special tokens)")
     setup_logging(logging.INFO)
     stats = ReadStats()
-    tmp = args.output + ".tmp"
+    tmp = unique_tmp_path(args.output)
     try:
         paths = expand_inputs(args.input)
         tok = train(paths, args.vocab_size, args.jsonl_keys, args.min_frequency, stats, args.txt_blocks)

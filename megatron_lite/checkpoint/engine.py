@@ -16,16 +16,18 @@ with a fresh optimizer. Fine-tune (``finetune: true``): weights only, read with
 from __future__ import annotations
 
 import os
-import re
 import shutil
+import time
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from megatron_lite.checkpoint.layout import (
+    META_FILE,
     CheckpointError,
     CheckpointMeta,
+    complete_steps,
     finish_step_dir,
     read_meta,
     resolve_step_dir,
@@ -34,10 +36,10 @@ from megatron_lite.checkpoint.layout import (
 )
 from megatron_lite.config import Config, dump_yaml
 from megatron_lite.parallel.random import get_rng_tracker
+from megatron_lite.utils.files import fsync_tree
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
-_STEP = re.compile(r"^global_step(\d+)$")
 
 
 def _rng_file(step_dir: str, rank: int) -> str:
@@ -45,11 +47,17 @@ def _rng_file(step_dir: str, rank: int) -> str:
 
 
 def save_checkpoint(engine: Any, cfg: Config, iteration: int, consumed_samples: int,
-                    tokenizer_files: list[str], vocab_size: int | None = None) -> str:
-    """Save step ``iteration`` to ``cfg.checkpoint.save`` (collective: every rank calls it)."""
+                    tokenizer_files: list[str], vocab_size: int | None = None,
+                    own_steps: list[int] | None = None) -> str:
+    """Save step ``iteration`` to ``cfg.checkpoint.save`` (collective: every rank calls it).
+
+    ``own_steps``: the steps this run saved so far (appended to); ``keep_last_n_checkpoints``
+    deletes only among them, never a checkpoint another run wrote.
+    """
     save_dir = cfg.checkpoint.save
     tag = step_dir_name(iteration)
     step_dir = os.path.join(save_dir, tag)
+    _clear_for(step_dir)
     engine.save_checkpoint(save_dir, tag=tag, save_latest=False,
                            client_state={"iteration": iteration, "consumed_train_samples": consumed_samples})
     tracker = get_rng_tracker().snapshot()
@@ -58,26 +66,57 @@ def save_checkpoint(engine: Any, cfg: Config, iteration: int, consumed_samples: 
         rng["cuda"] = torch.cuda.get_rng_state()
         rng["tracker_cuda"] = tracker[1]
     torch.save(rng, _rng_file(step_dir, dist.get_rank()))
+    fsync_tree(step_dir)  # this rank's files are on disk before rank 0 marks the step complete
     dist.barrier()
     if dist.get_rank() == 0:
         meta = CheckpointMeta(iteration, consumed_samples, cfg.parallel.model_parallel_size,
                               cfg.parallel.pipe_parallel_size, vocab_size=vocab_size)
         finish_step_dir(step_dir, dump_yaml(cfg), tokenizer_files, meta)
         write_latest(save_dir, iteration)
-        _rotate(save_dir, cfg.checkpoint.keep_last_n_checkpoints, keep=tag)
         logger.info("saved checkpoint %s", step_dir)
+    if own_steps is not None:
+        own_steps.append(iteration)
+        if dist.get_rank() == 0:
+            _rotate(save_dir, cfg.checkpoint.keep_last_n_checkpoints, own_steps)
     dist.barrier()
     return step_dir
 
 
-def _rotate(save_dir: str, keep_last: int | None, keep: str) -> None:
-    """Delete the oldest complete steps beyond ``keep_last`` (never the one just written)."""
+def _clear_for(step_dir: str) -> None:
+    """Never write into a complete step; remove what a crashed save left (collective)."""
+    if os.path.isfile(os.path.join(step_dir, META_FILE)):
+        raise CheckpointError(f"{step_dir} is a complete checkpoint: refusing to write into it")
+    if dist.get_rank() == 0 and os.path.isdir(step_dir):
+        logger.warning("removing %s, left incomplete by an interrupted save", step_dir)
+        shutil.rmtree(step_dir)
+    dist.barrier()
+
+
+def _rotate(save_dir: str, keep_last: int | None, own_steps: list[int]) -> None:
+    """Delete this run's oldest steps beyond ``keep_last`` (never the one just written)."""
     if not keep_last:
         return
-    steps = sorted((int(m[1]), name) for name in os.listdir(save_dir) if (m := _STEP.match(name)))
-    for _, name in steps[:-keep_last]:
-        if name != keep:
-            shutil.rmtree(os.path.join(save_dir, name), ignore_errors=True)
+    while len(own_steps) > keep_last:
+        shutil.rmtree(os.path.join(save_dir, step_dir_name(own_steps.pop(0))), ignore_errors=True)
+
+
+def move_later_steps_aside(save_dir: str, iteration: int) -> list[str]:
+    """Before a run that resumed at ``iteration`` (a roll-back) saves into ``save_dir``: move the
+    complete steps after it to ``<save_dir>/rolled_back_<time>/``, so that none is overwritten,
+    and point ``latest`` at ``iteration``. Returns the moved steps."""
+    later = [n for n in complete_steps(save_dir) if n > iteration]
+    if not later:
+        return []
+    write_latest(save_dir, iteration)  # first: a crash from here on resumes the chosen step
+    aside = os.path.join(save_dir, "rolled_back_" + time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(aside, exist_ok=True)
+    moved = []
+    for n in later:
+        os.replace(os.path.join(save_dir, step_dir_name(n)), os.path.join(aside, step_dir_name(n)))
+        moved.append(os.path.join(aside, step_dir_name(n)))
+    logger.warning("rolled back to iteration %d: moved the later checkpoints %s aside to %s",
+                   iteration, ", ".join(step_dir_name(n) for n in later), aside)
+    return moved
 
 
 def resumes_weights_only(cfg: Config) -> bool:

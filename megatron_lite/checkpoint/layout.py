@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from megatron_lite.utils.files import fsync_dir, fsync_tree, unique_tmp_path
+from megatron_lite.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
 FORMAT_VERSION = 1
 META_FILE = "megatron_lite.json"
 CONFIG_FILE = "config.yml"
 TOKENIZER_DIR = "tokenizer"
+_STEP = re.compile(r"^global_step(\d+)$")
 
 
 class CheckpointError(RuntimeError):
@@ -45,20 +52,37 @@ def step_dir_name(iteration: int) -> str:
     return f"global_step{iteration}"
 
 
+def complete_steps(save_dir: str) -> list[int]:
+    """Iterations of the complete ``global_step<N>`` directories in ``save_dir``, ascending."""
+    if not os.path.isdir(save_dir):
+        return []
+    found = (_STEP.match(name) for name in os.listdir(save_dir))
+    return sorted(int(m[1]) for m in found
+                  if m and os.path.isfile(os.path.join(save_dir, m[0], META_FILE)))
+
+
+def _latest_step(path: str) -> str:
+    """The step ``latest`` names; without a readable ``latest`` file (lost, or a directory), the
+    newest complete step, with a warning."""
+    latest = os.path.join(path, "latest")
+    if os.path.isfile(latest):
+        with open(latest, encoding="utf-8") as handle:
+            return os.path.join(path, handle.read().strip())
+    steps = complete_steps(path)
+    if not steps:
+        raise CheckpointError(f"{path} holds no checkpoint (no 'latest' file, no {META_FILE})")
+    step = os.path.join(path, step_dir_name(steps[-1]))
+    logger.warning("%s has no readable 'latest' file: using the newest complete step, %s", path, step)
+    return step
+
+
 def resolve_step_dir(path: str, iteration: int | None = None) -> str:
     """``path`` itself if it is a step directory, else ``path/<latest or global_step<iteration>>``."""
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint directory not found: {path}")
     if os.path.isfile(os.path.join(path, META_FILE)):
         return path
-    if iteration is not None:
-        step = os.path.join(path, step_dir_name(iteration))
-    else:
-        latest = os.path.join(path, "latest")
-        if not os.path.isfile(latest):
-            raise CheckpointError(f"{path} holds no checkpoint (no 'latest' file, no {META_FILE})")
-        with open(latest, encoding="utf-8") as handle:
-            step = os.path.join(path, handle.read().strip())
+    step = os.path.join(path, step_dir_name(iteration)) if iteration is not None else _latest_step(path)
     if not os.path.isfile(os.path.join(step, META_FILE)):
         raise CheckpointError(f"incomplete or missing checkpoint: {step} has no {META_FILE}")
     return step
@@ -94,20 +118,30 @@ def finish_step_dir(step_dir: str, config_yaml: str, tokenizer_files: list[str] 
         os.makedirs(os.path.join(step_dir, TOKENIZER_DIR), exist_ok=True)
         for path in tokenizer_files:
             shutil.copy2(path, os.path.join(step_dir, TOKENIZER_DIR, os.path.basename(path)))
-    tmp = os.path.join(step_dir, META_FILE + ".tmp")
+    fsync_tree(step_dir)  # everything above (and the ranks' files) durable before the mark
+    tmp = unique_tmp_path(os.path.join(step_dir, META_FILE))
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(meta.to_json())
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, os.path.join(step_dir, META_FILE))
+    fsync_dir(step_dir)
 
 
 def write_latest(save_dir: str, iteration: int) -> None:
     """Point ``latest`` at a finished step, atomically (write + rename, never a partial file)."""
-    tmp = os.path.join(save_dir, "latest.tmp")
+    latest = os.path.join(save_dir, "latest")
+    if os.path.isdir(latest):  # not ours to delete: keep it under another name
+        aside = unique_tmp_path(latest).removesuffix(".tmp") + ".was_a_directory"
+        logger.warning("%s is a directory, not a file: moved to %s", latest, aside)
+        os.replace(latest, aside)
+    tmp = unique_tmp_path(latest)
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(step_dir_name(iteration))
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, os.path.join(save_dir, "latest"))
+    os.replace(tmp, latest)
+    fsync_dir(save_dir)
 
 
 def check_output_outside(input_dir: str, output_dir: str) -> None:
@@ -122,8 +156,7 @@ def check_output_outside(input_dir: str, output_dir: str) -> None:
 def replace_dir_when_done(output_dir: str) -> Iterator[str]:
     """Yield ``<output_dir>.tmp`` to write into; on success it replaces ``output_dir``, on any
     failure it is removed: a reader never sees a half-written output."""
-    tmp = output_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = unique_tmp_path(output_dir.rstrip("/"))
     os.makedirs(tmp)
     try:
         yield tmp

@@ -28,6 +28,7 @@ from megatron_lite.checkpoint.layout import (
 )
 from megatron_lite.checkpoint.sharding import cut_shard, merge_shards
 from megatron_lite.model.pipeline import pipeline_index_to_prefix
+from megatron_lite.utils.files import fsync_tree
 
 _LAYER_FILE = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt$")
 _MP_FILE = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
@@ -113,6 +114,7 @@ def write_weights_checkpoint(
                            os.path.join(tmp, f"mp_rank_{rank:02d}_model_states.pt"))
         meta = CheckpointMeta(iteration, consumed_train_samples, model_parallel_size, pipe_parallel_size,
                               vocab_size=vocab_size, weights_only=True)
+        fsync_tree(tmp)  # the weights are on disk before the completeness mark and `latest`
         finish_step_dir(tmp, config_yaml, tokenizer_files, meta)
     write_latest(save_dir, iteration)
     return step

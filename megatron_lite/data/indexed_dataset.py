@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from megatron_lite.utils.files import unique_tmp_path
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -247,17 +248,17 @@ class MMapIndexedDatasetBuilder:
     """Writes a dataset: ``add_item`` per sequence, ``end_document`` after each document,
     ``finalize(idx_path)`` at the end (renames both files into place).
 
-    Until ``finalize`` everything lives under temporary names (``<bin_path>.tmp``, ...);
+    Until ``finalize`` everything lives under temporary names (``<bin_path>.<host>.<pid>.<random>.tmp``, ...);
     ``abort()``, or leaving a ``with`` block without finalizing, removes them.
     """
 
     def __init__(self, bin_path: str, dtype: Any = np.int32, spill_limit: int = 1 << 20) -> None:
         self.bin_path, self.dtype = bin_path, np.dtype(dtype)
         code_of(self.dtype)  # fail now, not at finalize, for a dtype the format cannot hold
-        self._tmp_bin = bin_path + ".tmp"
+        self._tmp_bin = unique_tmp_path(bin_path)  # unique: two runs may write one prefix
         self._file = open(self._tmp_bin, "wb")
-        self.sizes = _SpillArray(np.int32, bin_path + ".sizes.tmp", spill_limit)
-        self.doc_idx = _SpillArray(np.int64, bin_path + ".docs.tmp", spill_limit)
+        self.sizes = _SpillArray(np.int32, unique_tmp_path(bin_path + ".sizes"), spill_limit)
+        self.doc_idx = _SpillArray(np.int64, unique_tmp_path(bin_path + ".docs"), spill_limit)
         self.doc_idx.append(0)
         self._finalized = False
         self._idx_path = self._tmp_idx = ""
@@ -327,7 +328,7 @@ class MMapIndexedDatasetBuilder:
         prepared before any is committed, so an error (disk full) leaves none of them.
         """
         self._file.close()
-        self._idx_path, self._tmp_idx = idx_path, idx_path + ".tmp"
+        self._idx_path, self._tmp_idx = idx_path, unique_tmp_path(idx_path)
         try:
             if self.doc_idx.last != len(self.sizes):
                 logger.warning("%s: sequences after the last end_document(); closing that document",

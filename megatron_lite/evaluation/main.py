@@ -22,7 +22,7 @@ from megatron_lite.config import Config
 from megatron_lite.evaluation.lm_adapter import MegatronLiteLM, ReplicaGroup
 from megatron_lite.evaluation.perplexity import EvaluationError
 from megatron_lite.evaluation.tasks import TaskPlan, evaluate_tasks
-from megatron_lite.utils.files import atomic_write_jsonl, atomic_write_text
+from megatron_lite.utils.files import atomic_write_jsonl, atomic_write_text, reserve_new_path
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -30,7 +30,8 @@ logger = get_logger(__name__)
 
 def results_path(cfg: Config) -> str:
     root = cfg.logging.log_dir or "runs"
-    return os.path.join(root, f"{cfg.evaluation.eval_results_prefix}_{time.strftime('%Y%m%d-%H%M%S')}.json")
+    stem = os.path.join(root, f"{cfg.evaluation.eval_results_prefix}_{time.strftime('%Y%m%d-%H%M%S')}")
+    return reserve_new_path(stem, ".json")  # two evaluations in one second: two files
 
 
 def metric_record(results: dict[str, Any]) -> dict[str, Any]:

@@ -17,8 +17,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from megatron_lite.checkpoint.engine import load_for_resume, resumes_weights_only, save_checkpoint
+from megatron_lite.checkpoint.engine import (
+    load_for_resume,
+    move_later_steps_aside,
+    resumes_weights_only,
+    save_checkpoint,
+)
+from megatron_lite.checkpoint.layout import CheckpointError
 from megatron_lite.checkpoint.loader import load_model_weights
+from megatron_lite.checkpoint.lock import SaveDirLock
 from megatron_lite.data.data_utils import (
     build_train_valid_test_datasets,
     train_valid_test_num_samples,
@@ -45,6 +52,9 @@ class TrainingError(RuntimeError):
 
 
 class Trainer:
+    """One training run on this rank: built from the worker's config and parallel groups, run by
+    ``train()``. Holds the runtime state (progress, engine, data iterators, metrics)."""
+
     def __init__(self, args: WorkerArgs, state: ParallelState) -> None:
         self.cfg, self.state, self.run_dir = args.cfg, state, args.run_dir
         self.device = device_for(args.local_rank)
@@ -54,6 +64,8 @@ class Trainer:
         seed_everything(self.cfg.training.seed, state.tp_rank, state.pp_rank)
         self.tokenizer = build_tokenizer(self.cfg.tokenizer)
         self._check_runtime()
+        self.save_lock = self._lock_save_dir()
+        self.saved_steps: list[int] = []  # what keep_last_n_checkpoints may delete
         self._build_data()
         self._build_engine()
         self._load()
@@ -99,11 +111,35 @@ class Trainer:
         self.engine, self.optimizer, self.schedule = build_engine(
             cfg, self.state, module, self.lr_decay_iters, on_gpu=self.device.type == "cuda")
 
+    def _lock_save_dir(self) -> SaveDirLock | None:
+        """Rank 0 locks ``save`` (one run writes a directory); every rank learns the outcome."""
+        save = self.cfg.checkpoint.save
+        if not save:
+            return None
+        lock, error = SaveDirLock(save), None
+        if dist.get_rank() == 0:
+            try:
+                lock.acquire()
+            except CheckpointError as exc:
+                error = str(exc)
+        holder = [error]
+        if dist.get_world_size() > 1:
+            dist.broadcast_object_list(holder, src=0)
+        if holder[0]:
+            raise CheckpointError(holder[0])
+        return lock
+
     def _load(self) -> None:
         ck = self.cfg.checkpoint
         if ck.load and not ck.finetune:
             it, consumed = load_for_resume(self.engine, self.cfg)
             self.progress = Progress(iteration=it, consumed_train_samples=consumed)
+        if ck.save and self.progress.iteration < self.train_iters:
+            # Resumed at an earlier step than the newest (a roll-back): the later complete steps
+            # would be written over; they are moved aside first.
+            if dist.get_rank() == 0:
+                move_later_steps_aside(ck.save, self.progress.iteration)
+            dist.barrier()
 
     def _batches(self, split: str, consumed: int) -> Iterator[steps.Batch] | None:
         """Micro batches of ``split`` on the device, from ``consumed`` samples on (None without data)."""
@@ -119,6 +155,18 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------
     def train(self) -> int:
         """Run to ``train_iters`` (or an exit condition); returns the process exit code."""
+        try:
+            if self.progress.iteration >= self.train_iters:
+                logger.info("already at iteration %d >= train_iters %d: nothing to train",
+                            self.progress.iteration, self.train_iters)
+                return 0
+            return self._loop()
+        finally:
+            self.metrics.close()
+            if self.save_lock is not None:
+                self.save_lock.release()
+
+    def _loop(self) -> int:
         self._install_signal_handlers()
         bar = _progress_bar(self.train_iters, self.progress.iteration, dist.get_rank() == 0)
         window = steps.Window()
@@ -133,7 +181,6 @@ class Trainer:
             return 0
         finally:
             bar.close()
-            self.metrics.close()
 
     def _after_step(self, result: steps.StepResult, window: steps.Window, bar: Any) -> None:
         p, cfg = self.progress, self.cfg
@@ -208,7 +255,8 @@ class Trainer:
         tok = self.cfg.tokenizer
         files = [f for f in (tok.vocab_file, tok.merge_file) if f]
         save_checkpoint(self.engine, self.cfg, self.progress.iteration,
-                        self.progress.consumed_train_samples, files, self.tokenizer.vocab_size)
+                        self.progress.consumed_train_samples, files, self.tokenizer.vocab_size,
+                        own_steps=self.saved_steps)
 
     def evaluate(self, split: str) -> float | None:
         """Mean loss over ``eval_iters`` global batches of ``split`` (None without data)."""

@@ -13,30 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megatron_lite.data.indexed_dataset import (
-    MMapIndexedDatasetBuilder,
-    data_file_path,
-    index_file_path,
-)
 from tests.distributed.spawn import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def data_prefix(tmp_path_factory) -> str:
-    """A small byte-level corpus: 60 'documents' of English-like text."""
-    root = tmp_path_factory.mktemp("data")
-    prefix = str(root / "corpus_text_document")
-    rng = np.random.default_rng(0)
-    words = [w.encode() for w in "the model reads a token and then predicts the next one well".split()]
-    with MMapIndexedDatasetBuilder(data_file_path(prefix), np.uint16) as builder:
-        for _ in range(60):
-            text = b" ".join(words[i] for i in rng.integers(0, len(words), size=rng.integers(20, 80)))
-            builder.add_item(np.frombuffer(text, dtype=np.uint8).astype(np.uint16) + 1)
-            builder.end_document()
-        builder.finalize(index_file_path(prefix))
-    return prefix
 
 
 def base_config(tmp_path: Path, data_prefix: str, **overrides) -> dict:

@@ -1,0 +1,104 @@
+"""Checkpoints are never lost (issue #17, 1-3): a finished run writes nothing, a roll-back moves
+the later steps aside, a lost `latest` resumes the newest complete step, and one `save`
+directory belongs to one run at a time. Faults are made from outside: files removed or
+replaced, a second process started, a run killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.distributed.spawn import free_port
+from tests.integration.test_train import REPO, base_config, run_train
+
+
+def _snapshot(save: Path) -> dict[str, tuple[int, int]]:
+    """path -> (size, mtime_ns) of every file below ``save`` except the lock."""
+    return {str(p.relative_to(save)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in save.rglob("*") if p.is_file() and p.name != ".megatron_lite.lock"}
+
+
+def test_finished_run_writes_nothing_and_exits_0(tmp_path, data_prefix):
+    save = tmp_path / "ckpt"
+    cfg = base_config(tmp_path, data_prefix, train_micro_batch_size_per_gpu=4, save=str(save),
+                      load=str(save), checkpoint_factor=2, train_iters=4)
+    run_train(tmp_path, cfg)
+    before = _snapshot(save)
+    again = run_train(tmp_path, cfg, "again.yml")
+    assert "already at iteration 4 >= train_iters 4" in again.stderr
+    assert _snapshot(save) == before  # global_step4 (what `latest` names) untouched
+
+
+def test_roll_back_moves_the_later_steps_aside(tmp_path, data_prefix):
+    save = tmp_path / "ckpt"
+    cfg = base_config(tmp_path, data_prefix, train_micro_batch_size_per_gpu=4, save=str(save),
+                      load=str(save), checkpoint_factor=2, train_iters=6)
+    run_train(tmp_path, cfg)
+    first_run = {n: (save / n / "mp_rank_00_model_states.pt").read_bytes() for n in ("global_step4", "global_step6")}
+    result = run_train(tmp_path, {**cfg, "iteration": 2}, "rollback.yml")
+    assert "rolled back to iteration 2" in result.stderr
+    aside = list(save.glob("rolled_back_*"))
+    assert len(aside) == 1
+    for name, data in first_run.items():  # the first run's later steps, whole, aside
+        assert (aside[0] / name / "mp_rank_00_model_states.pt").read_bytes() == data
+        assert (aside[0] / name / "megatron_lite.json").exists()
+    assert (save / "latest").read_text() == "global_step6"
+    assert (save / "global_step6" / "megatron_lite.json").exists()  # the new run's own step 6
+
+
+def test_lost_latest_resumes_the_newest_complete_step_and_deletes_nothing_old(tmp_path, data_prefix):
+    save = tmp_path / "ckpt"
+    cfg = base_config(tmp_path, data_prefix, train_micro_batch_size_per_gpu=4, save=str(save),
+                      load=str(save), checkpoint_factor=2, train_iters=4)
+    run_train(tmp_path, cfg)
+    (save / "latest").unlink()
+    (save / "latest").mkdir()  # `latest` that is a directory: as good as lost
+    shutil.copytree(save / "global_step4", save / "global_step9")  # an incomplete step: ignored
+    (save / "global_step9" / "megatron_lite.json").unlink()
+    result = run_train(tmp_path, {**cfg, "train_iters": 8, "keep_last_n_checkpoints": 1}, "resume.yml")
+    assert "no readable 'latest' file: using the newest complete step" in result.stderr
+    assert "resumed from" in result.stderr and "global_step4" in result.stderr
+    # keep_last_n_checkpoints deletes only what this run wrote: global_step2 and 4 stay.
+    names = sorted(p.name for p in save.glob("global_step*"))
+    assert "global_step2" in names and "global_step4" in names and "global_step8" in names
+    assert "global_step6" not in names
+    assert len(list(save.glob("latest.*.was_a_directory"))) == 1  # kept, under another name
+
+
+def _lock_holder(save: Path) -> str:
+    lock = save / ".megatron_lite.lock"
+    return lock.read_text() if lock.exists() else ""
+
+
+def test_one_run_per_save_directory_and_a_stale_lock_is_taken_over(tmp_path, data_prefix):
+    save = tmp_path / "ckpt"
+    long_cfg = base_config(tmp_path, data_prefix, train_micro_batch_size_per_gpu=4, save=str(save),
+                           load=str(save), checkpoint_factor=1000, train_iters=100000, eval_interval=0)
+    path = tmp_path / "long.yml"
+    path.write_text(json.dumps(long_cfg))
+    first = subprocess.Popen([sys.executable, str(REPO / "deepy.py"), str(REPO / "train.py"), str(path)],
+                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while f"pid {first.pid}" not in _lock_holder(save) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert f"pid {first.pid}" in _lock_holder(save)
+        second = run_train(tmp_path, {**long_cfg, "train_iters": 2, "master_port": free_port()},
+                           "second.yml", expect_ok=False)
+        assert second.returncode == 1
+        assert f"is in use by another run (host {os.uname().nodename} pid {first.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    third = run_train(tmp_path, {**long_cfg, "train_iters": 2, "master_port": free_port()}, "third.yml")
+    assert "taking over the lock of a run that is no longer running (host" in third.stderr
+    assert f"pid {first.pid}" in third.stderr
+    assert _lock_holder(save) == ""  # released cleanly at the end
