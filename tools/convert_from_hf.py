@@ -27,6 +27,7 @@ from megatron_lite.checkpoint.hf import (
     model_keys_from_hf,
     read_hf_config,
 )
+from megatron_lite.checkpoint.layout import check_output_dir
 from megatron_lite.checkpoint.loader import load_weights
 from megatron_lite.checkpoint.weights import fit_vocab_rows, write_weights_checkpoint
 from megatron_lite.config import config_from_flat, dump_yaml, pad_vocab_size
@@ -81,24 +82,25 @@ def ready_config(hf_config: dict, out: str, tp: int, kind: str | None, files: li
     return flat
 
 
-def _check_paths(input_dir: str, output_dir: str) -> None:
+def _check_paths(input_dir: str, output_dir: str, force: bool) -> None:
     if not os.path.isdir(input_dir):
         raise FileNotFoundError(f"input directory not found: {input_dir}")
     if not is_hf_dir(input_dir):
         raise FileNotFoundError(f"{input_dir}: not a Hugging Face model directory "
                                 "(config.json + model.safetensors or pytorch_model.bin)")
-    if os.path.realpath(input_dir) == os.path.realpath(output_dir):
-        raise ValueError("--output_dir must differ from --input_dir")
+    check_output_dir(input_dir, output_dir, force)
 
 
-def convert(input_dir: str, output_dir: str, tp: int) -> tuple[str, bool]:
+def convert(input_dir: str, output_dir: str, tp: int, force: bool = False) -> tuple[str, bool]:
     """Write the checkpoint and its config.yml; returns (the config's path, tokenizer found).
 
     An output directory this call created is removed again if anything fails."""
-    _check_paths(input_dir, output_dir)
+    _check_paths(input_dir, output_dir, force)
     hf_config = read_hf_config(input_dir)
     model_keys_from_hf(hf_config)  # unsupported architecture: fail before reading weights or writing
     _, weights, _, _ = load_weights(input_dir)  # the one loader: our names, our padding
+    if force and os.path.isdir(output_dir):
+        shutil.rmtree(output_dir)  # --force: replace what is there
     created = not os.path.exists(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     try:
@@ -126,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input_dir", required=True, help="Hugging Face GPTNeoX directory")
     p.add_argument("--output_dir", required=True, help="checkpoint directory to write (becomes `load`)")
     p.add_argument("--model_parallel_size", type=int, default=1, help="tensor-parallel shards to write")
+    p.add_argument("--force", action="store_true", help="replace an existing, non-empty --output_dir")
     args = p.parse_args(argv)
     if args.model_parallel_size < 1:
         p.error("--model_parallel_size must be >= 1")
     ok, result = run_reporting_errors("convert_from_hf.py", "config.json",
-                                      lambda: convert(args.input_dir, args.output_dir, args.model_parallel_size),
+                                      lambda: convert(args.input_dir, args.output_dir, args.model_parallel_size, args.force),
                                       (UnsupportedForHF,))
     if not ok:
         return 1

@@ -24,7 +24,7 @@ from megatron_lite.checkpoint.layout import (
     CONFIG_FILE,
     TOKENIZER_DIR,
     CheckpointError,
-    check_output_outside,
+    check_output_dir,
     replace_dir_when_done,
     resolve_step_dir,
 )
@@ -72,9 +72,9 @@ def write_tokenizer(step: str, out: str, tokenizer) -> str:
     return "tokenizer.json + tokenizer_config.json"
 
 
-def convert(input_dir: str, output_dir: str, iteration: int | None) -> str:
+def convert(input_dir: str, output_dir: str, iteration: int | None, force: bool = False) -> str:
     """Write the HF directory; returns a one-line description of what was written."""
-    check_output_outside(input_dir, output_dir)
+    check_output_dir(input_dir, output_dir, force)
     step = resolve_step_dir(input_dir, iteration)
     cfg, full, tokenizer, vocab = load_weights(step)
     check_exportable(cfg)  # before writing anything
@@ -89,14 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="example: python tools/convert_to_hf.py --input_dir checkpoints --output_dir hf_model")
     p.add_argument("--input_dir", required=True, help="checkpoint directory (save/load) or one global_step<N> dir")
-    p.add_argument("--output_dir", required=True, help="HF directory to write (replaced if it exists)")
+    p.add_argument("--output_dir", required=True, help="HF directory to write (new or empty)")
+    p.add_argument("--force", action="store_true", help="replace an existing, non-empty --output_dir")
     p.add_argument("--iteration", type=int, default=None, help="step to export (default: latest)")
     args = p.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one summary line instead of a progress bar per file
     ok, note = run_reporting_errors("convert_to_hf.py", "the checkpoint's config",
-                                    lambda: convert(args.input_dir, args.output_dir, args.iteration),
+                                    lambda: convert(args.input_dir, args.output_dir, args.iteration, args.force),
                                     (CheckpointError, UnsupportedForHF))
     if not ok:
         return 1

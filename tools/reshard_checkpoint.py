@@ -26,7 +26,7 @@ from megatron_lite.checkpoint.layout import (
     TOKENIZER_DIR,
     CheckpointError,
     CheckpointMeta,
-    check_output_outside,
+    check_output_dir,
     read_meta,
     read_step_config,
     replace_dir_when_done,
@@ -81,21 +81,11 @@ def check_layout(cfg: Config, meta: CheckpointMeta, pp: int) -> None:
             "raise make_vocab_size_divisible_by in the checkpoint's config.yml")
 
 
-def _check_output(input_dir: str, output_dir: str, force: bool) -> None:
-    check_output_outside(input_dir, output_dir)
-    if os.path.isfile(output_dir):
-        raise ValueError(f"--output_dir {output_dir} is a file")
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not force:
-        what = "holds a checkpoint" if os.path.exists(os.path.join(output_dir, "latest")) else "is not empty"
-        raise ValueError(f"--output_dir {output_dir} {what}: choose another directory, or pass "
-                         "--force to replace it")
-
-
 def reshard(input_dir: str, output_dir: str, tp: int, pp: int, iteration: int | None = None,
             force: bool = False) -> str:
     """Write the resharded checkpoint; returns its step directory (under ``output_dir``)."""
     step = resolve_step_dir(input_dir, iteration)
-    _check_output(input_dir, output_dir, force)
+    check_output_dir(input_dir, output_dir, force)
     meta, flat = read_meta(step), read_step_config(step)
     cfg = new_config(flat, meta, output_dir, tp, pp)
     check_layout(cfg, meta, pp)  # everything validated before anything is read or written

@@ -34,6 +34,7 @@ from megatron_lite.checkpoint.layout import (
     step_dir_name,
     write_latest,
 )
+from megatron_lite.checkpoint.safe_load import deepspeed_may_load, safe_torch_load
 from megatron_lite.config import Config, dump_yaml
 from megatron_lite.parallel.random import get_rng_tracker
 from megatron_lite.utils.files import fsync_tree
@@ -152,10 +153,11 @@ def load_for_resume(engine: Any, cfg: Config) -> tuple[int, int]:
             "Reshard it (tools/reshard_checkpoint.py) or load weights only with finetune: true"
         )
     load_dir, tag = os.path.dirname(os.path.abspath(step_dir)), os.path.basename(step_dir)
-    _, client = engine.load_checkpoint(
-        load_dir, tag=tag, load_optimizer_states=not ck.no_load_optim,
-        load_lr_scheduler_states=not ck.no_load_optim,
-    )
+    with deepspeed_may_load(step_dir):
+        _, client = engine.load_checkpoint(
+            load_dir, tag=tag, load_optimizer_states=not ck.no_load_optim,
+            load_lr_scheduler_states=not ck.no_load_optim,
+        )
     if client is None:
         raise CheckpointError(f"DeepSpeed could not load {step_dir}")
     if not ck.no_load_rng:
@@ -182,7 +184,7 @@ def _restore_rng(step_dir: str) -> None:
     if not os.path.isfile(path):
         logger.warning("%s missing: RNG states not restored (world size changed?)", path)
         return
-    rng = torch.load(path, weights_only=True)
+    rng = safe_torch_load(path)
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available() and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"])

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from megatron_lite.checkpoint.safe_load import safe_torch_load
 from megatron_lite.checkpoint.weights import fit_vocab_rows
 from megatron_lite.config.schema import ModelConfig
 from megatron_lite.utils.logging import get_logger
@@ -216,7 +217,7 @@ def _sharded(path: str, index_name: str) -> list[str]:
 
 def _load_bin(path: str) -> dict[str, torch.Tensor]:
     # weights_only: a shared file is never unpickled with the full (code-running) unpickler.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return safe_torch_load(path)
 
 
 def read_hf_config(path: str) -> dict[str, Any]:

@@ -144,12 +144,18 @@ def write_latest(save_dir: str, iteration: int) -> None:
     fsync_dir(save_dir)
 
 
-def check_output_outside(input_dir: str, output_dir: str) -> None:
-    """A tool's output replaces whatever is at ``output_dir``: never the input, nor a directory
-    inside it or around it."""
+def check_output_dir(input_dir: str, output_dir: str, force: bool) -> None:
+    """A tool's ``--output_dir``: never the input, nor a directory inside it or around it, not
+    a file, and not a non-empty directory unless ``force`` (then it is replaced)."""
     src, dst = os.path.realpath(input_dir), os.path.realpath(output_dir)
     if dst == src or src.startswith(dst + os.sep) or dst.startswith(src + os.sep):
         raise ValueError(f"--output_dir {output_dir} must lie outside --input_dir {input_dir}")
+    if os.path.isfile(output_dir):
+        raise ValueError(f"--output_dir {output_dir} is a file")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not force:
+        what = "holds a checkpoint" if os.path.exists(os.path.join(output_dir, "latest")) else "is not empty"
+        raise ValueError(f"--output_dir {output_dir} {what}: choose another directory, or pass "
+                         "--force to replace it")
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from megatron_lite.checkpoint.layout import (
     step_dir_name,
     write_latest,
 )
+from megatron_lite.checkpoint.safe_load import safe_torch_load
 from megatron_lite.checkpoint.sharding import cut_shard, merge_shards
 from megatron_lite.model.pipeline import pipeline_index_to_prefix
 from megatron_lite.utils.files import fsync_tree
@@ -36,7 +37,7 @@ _VOCAB_ROWS = ("embedding.word_embeddings.weight", "lm_head.embed_out.weight")
 
 
 def _load(path: str) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return safe_torch_load(path)
 
 
 def read_full_state_dict(step_dir: str, glu: bool) -> dict[str, torch.Tensor]:

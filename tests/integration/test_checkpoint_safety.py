@@ -102,3 +102,42 @@ def test_one_run_per_save_directory_and_a_stale_lock_is_taken_over(tmp_path, dat
     assert "taking over the lock of a run that is no longer running (host" in third.stderr
     assert f"pid {first.pid}" in third.stderr
     assert _lock_holder(save) == ""  # released cleanly at the end
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command: what a crafted checkpoint file can hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_checkpoint_is_refused_not_run(tmp_path, data_prefix):
+    import torch
+
+    import megatron_lite
+    from megatron_lite.checkpoint.layout import CheckpointError
+
+    save = tmp_path / "ckpt"
+    cfg = base_config(tmp_path, data_prefix, train_micro_batch_size_per_gpu=4, save=str(save),
+                      load=str(save), checkpoint_factor=2, train_iters=2)
+    run_train(tmp_path, cfg)
+    marker = tmp_path / "code_ran"
+    model_file = save / "global_step2" / "mp_rank_00_model_states.pt"
+    torch.save({"module": {"w": torch.ones(1)}, "payload": _RunsCode(marker)}, model_file)
+    # Resuming (DeepSpeed's loader), fine-tuning and load_model all refuse it, naming the file.
+    resumed = run_train(tmp_path, {**cfg, "train_iters": 4}, "resume.yml", expect_ok=False)
+    finetuned = run_train(tmp_path, {**cfg, "train_iters": 4, "finetune": True, "save": str(tmp_path / "ft")},
+                          "finetune.yml", expect_ok=False)
+    for result in (resumed, finetuned):
+        assert result.returncode == 1
+        assert f"{model_file}: refused to load: it would unpickle posix.system" in result.stderr
+        assert "Traceback" not in result.stderr and "weights_only=False" not in result.stderr
+    try:
+        megatron_lite.load_model(str(save))
+        raise AssertionError("load_model accepted a crafted checkpoint")
+    except CheckpointError as exc:
+        assert str(exc).startswith(f"{model_file}: refused to load: it would unpickle posix.system")
+    assert not marker.exists()

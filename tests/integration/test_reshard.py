@@ -20,7 +20,7 @@ from megatron_lite.checkpoint.weights import write_weights_checkpoint
 from megatron_lite.config import config_from_flat, dump_yaml
 from megatron_lite.config.derived import resolve
 from megatron_lite.model.gpt import GPTModel
-from tests.integration.test_train import base_config, data_prefix, records, run_train  # noqa: F401
+from tests.integration.test_train import base_config, records, run_train
 
 REPO = Path(__file__).resolve().parents[2]
 LAYERS, HIDDEN, FFN = 2, 32, 128

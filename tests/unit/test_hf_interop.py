@@ -320,3 +320,29 @@ def test_loading_hf_weights_into_a_different_architecture_is_an_error():
     with pytest.raises(CheckpointError, match="rotary_pct: config 1.0, hf_dir 0.25"):
         check_same_architecture("hf_dir", hf_keys, cfg)
     check_same_architecture("hf_dir", {**hf_keys, "rotary_pct": 1.0}, cfg)
+
+
+def test_converters_refuse_a_non_empty_output_without_force(tmp_path, capsys):
+    """convert_to_hf.py never deletes a non-empty --output_dir, convert_from_hf.py never writes
+    into an existing training directory (its `latest`, its config.yml), unless --force."""
+    hf_dir = hf_model(tmp_path, rotary_pct=0.25, parallel=True, tied=False)
+    ckpt = tmp_path / "ckpt"
+    assert tool_main("convert_from_hf.py", "--input_dir", hf_dir, "--output_dir", ckpt) == 0
+    training = tmp_path / "training"
+    shutil.copytree(ckpt, training)
+    (training / "latest").write_text("global_step7")
+    (training / "config.yml").write_text("# a training run's own config\n")
+    assert tool_main("convert_from_hf.py", "--input_dir", hf_dir, "--output_dir", training) == 1
+    assert "holds a checkpoint: choose another directory, or pass --force" in capsys.readouterr().err
+    assert (training / "latest").read_text() == "global_step7"
+    assert (training / "config.yml").read_text() == "# a training run's own config\n"
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    assert tool_main("convert_to_hf.py", "--input_dir", ckpt, "--output_dir", precious) == 1
+    assert "is not empty: choose another directory, or pass --force" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "mine"
+    assert tool_main("convert_to_hf.py", "--input_dir", ckpt, "--output_dir", precious, "--force") == 0
+    assert not (precious / "notes.txt").exists() and (precious / "config.json").exists()
+    assert tool_main("convert_from_hf.py", "--input_dir", hf_dir, "--output_dir", training, "--force") == 0
+    assert (training / "latest").read_text() == "global_step0"
