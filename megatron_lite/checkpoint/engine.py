@@ -142,6 +142,14 @@ def load_for_resume(engine: Any, cfg: Config) -> tuple[int, int]:
             logger.info("no checkpoint in %s: starting from scratch", ck.load)
             return 0, 0
         raise
+    try:
+        return _resume(engine, step_dir, cfg)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}{_fallback_hint(ck.load, step_dir)}") from None
+
+
+def _resume(engine: Any, step_dir: str, cfg: Config) -> tuple[int, int]:
+    ck = cfg.checkpoint
     meta = read_meta(step_dir)
     if meta.weights_only:
         return _resume_weights_only(engine, step_dir, meta)
@@ -154,16 +162,31 @@ def load_for_resume(engine: Any, cfg: Config) -> tuple[int, int]:
         )
     load_dir, tag = os.path.dirname(os.path.abspath(step_dir)), os.path.basename(step_dir)
     with deepspeed_may_load(step_dir):
-        _, client = engine.load_checkpoint(
-            load_dir, tag=tag, load_optimizer_states=not ck.no_load_optim,
-            load_lr_scheduler_states=not ck.no_load_optim,
-        )
+        try:
+            _, client = engine.load_checkpoint(
+                load_dir, tag=tag, load_optimizer_states=not ck.no_load_optim,
+                load_lr_scheduler_states=not ck.no_load_optim,
+            )
+        except (RuntimeError, KeyError, ValueError, OSError) as exc:  # damaged content
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise CheckpointError(f"{step_dir}: DeepSpeed could not load it ({first})") from None
     if client is None:
         raise CheckpointError(f"DeepSpeed could not load {step_dir}")
     if not ck.no_load_rng:
         _restore_rng(step_dir)
     logger.info("resumed from %s (iteration %d)", step_dir, meta.iteration)
     return int(client["iteration"]), int(client["consumed_train_samples"])
+
+
+def _fallback_hint(load_dir: str, step_dir: str) -> str:
+    """Which earlier complete step a damaged one can be replaced by (``iteration: N``)."""
+    name = os.path.basename(os.path.normpath(step_dir))
+    current = int(name.removeprefix("global_step")) if name.removeprefix("global_step").isdigit() else None
+    earlier = [n for n in complete_steps(load_dir) if current is None or n < current]
+    if not earlier:
+        return ""
+    return (f"; the previous complete checkpoint is {step_dir_name(earlier[-1])}: resume from it "
+            f"with `iteration: {earlier[-1]}`")
 
 
 def _resume_weights_only(engine: Any, step_dir: str, meta: CheckpointMeta) -> tuple[int, int]:

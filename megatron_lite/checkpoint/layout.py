@@ -14,7 +14,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from megatron_lite.utils.files import fsync_dir, fsync_tree, unique_tmp_path
@@ -89,8 +89,23 @@ def resolve_step_dir(path: str, iteration: int | None = None) -> str:
 
 
 def read_meta(step_dir: str) -> CheckpointMeta:
-    with open(os.path.join(step_dir, META_FILE), encoding="utf-8") as handle:
-        return CheckpointMeta(**json.load(handle))
+    """The step's ``megatron_lite.json``; a damaged or newer one is one ``CheckpointError``."""
+    path = os.path.join(step_dir, META_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
+    known = {f.name for f in fields(CheckpointMeta)}
+    required = {f.name for f in fields(CheckpointMeta) if f.default is MISSING}
+    if not isinstance(data, dict) or set(data) - known or required - set(data):
+        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{path}: damaged (keys {keys}; expected {sorted(required)}, "
+                              f"optionally {sorted(known - required)})")
+    if data.get("format", FORMAT_VERSION) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {data['format']} is newer than this "
+                              f"megatron_lite reads ({FORMAT_VERSION}): upgrade megatron_lite")
+    return CheckpointMeta(**data)
 
 
 def read_num_layers(step_dir: str) -> int:

@@ -15,7 +15,12 @@ from typing import Any
 from megatron_lite.config.loader import ConfigError
 from megatron_lite.config.neox_compat import SUPPORTED_ATTENTION_TYPES
 from megatron_lite.config.schema import Config
-from megatron_lite.config.validators import parse_split, split_paths
+from megatron_lite.config.validators import (
+    check_learning_rate,
+    check_ranges,
+    parse_split,
+    split_paths,
+)
 
 OPTIMIZER_TYPES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
 GLU_ACTIVATIONS = ("swiglu", "geglu")
@@ -224,6 +229,7 @@ def validate(cfg: Config) -> None:
         if not 0.0 <= getattr(m, key) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {getattr(m, key)}")
     _validate_attention_config(m.attention_config, m.num_layers)
+    check_learning_rate(cfg.optimizer.lr)
     _validate_schedule(cfg)
     _validate_data(cfg)
     if cfg.checkpoint.finetune and not cfg.checkpoint.load:
@@ -268,6 +274,7 @@ def _validate_data(cfg: Config) -> None:
 
 def resolve(cfg: Config, world_size: int) -> Config:
     """Fill in derived values for ``world_size`` ranks and validate the result."""
+    check_ranges(cfg)  # before any derivation divides by a zero
     for step in (_derive_parallel, _derive_batch, _derive_model, _derive_optimizer):
         cfg = step(cfg, world_size) if step is _derive_parallel else step(cfg)
     validate(cfg)

@@ -15,6 +15,7 @@ from typing import Any
 from megatron_lite.evaluation.lm_adapter import ReplicaGroup
 from megatron_lite.evaluation.perplexity import EvaluationError
 from megatron_lite.inference.generation import generate_records
+from megatron_lite.utils.files import read_utf8
 
 
 def read_references(path: str) -> list[tuple[str, list[str]]]:
@@ -23,21 +24,24 @@ def read_references(path: str) -> list[tuple[str, list[str]]]:
         raise EvaluationError(f"eval_references_file: {path} not found (a .jsonl of "
                               '{"prompt": ..., "reference": ...} records)')
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvaluationError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            refs = rec.get("references", [rec["reference"]] if "reference" in rec else None) \
-                if isinstance(rec, dict) else None
-            if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not refs \
-                    or not all(isinstance(r, str) for r in refs):
-                raise EvaluationError(f'{path}:{number}: expected {{"prompt": str, "reference": str}} '
-                                      '(or "references": [str, ...])')
-            records.append((rec["prompt"], list(refs)))
+    try:
+        lines = read_utf8(path).splitlines()
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvaluationError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        refs = rec.get("references", [rec["reference"]] if "reference" in rec else None) \
+            if isinstance(rec, dict) else None
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not refs \
+                or not all(isinstance(r, str) for r in refs):
+            raise EvaluationError(f'{path}:{number}: expected {{"prompt": str, "reference": str}} '
+                                  '(or "references": [str, ...])')
+        records.append((rec["prompt"], list(refs)))
     if not records:
         raise EvaluationError(f"eval_references_file: {path} holds no records")
     return records

@@ -18,7 +18,7 @@ from megatron_lite.inference.generation import Generation, generate_records
 from megatron_lite.launcher.worker import device_for, finish_worker, start_worker
 from megatron_lite.model.gpt import GPTModel
 from megatron_lite.parallel.random import seed_everything
-from megatron_lite.utils.files import atomic_write_jsonl
+from megatron_lite.utils.files import atomic_write_jsonl, read_utf8
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -32,8 +32,10 @@ def read_prompts(path: str, prompt_end: str) -> list[str]:
     """Prompts split on ``prompt_end``; empty ones are skipped (and counted in a warning)."""
     if not path or not os.path.isfile(path):
         raise GenerationError(f"sample_input_file: {path} not found")
-    with open(path, encoding="utf-8") as handle:
-        parts = handle.read().split(prompt_end or "\n")
+    try:
+        parts = read_utf8(path).split(prompt_end or "\n")
+    except ValueError as exc:
+        raise GenerationError(str(exc)) from None
     prompts = [p for p in parts if p.strip()]
     # A final separator (the usual trailing newline) leaves one empty part: not a prompt.
     skipped = sum(1 for p in parts if not p.strip()) - (1 if parts and parts[-1] == "" else 0)

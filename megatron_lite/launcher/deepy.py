@@ -126,6 +126,7 @@ def check_inputs(cfg: Config, script: str) -> None:
             for key in (f"{which}_data_paths", f"{which}_label_data_paths"):
                 for prefix in getattr(d, key) or []:
                     _require_prefix(prefix, key)
+        _check_save_dir(cfg.checkpoint.save)
         if cfg.checkpoint.finetune and not os.path.isdir(cfg.checkpoint.load):
             raise LaunchError(f"finetune: load directory {cfg.checkpoint.load} not found")
     if name == "evaluate.py":
@@ -134,6 +135,19 @@ def check_inputs(cfg: Config, script: str) -> None:
     if name == "generate.py" and gen.text_gen_type == "input-file":
         if not gen.sample_input_file or not os.path.isfile(gen.sample_input_file):
             raise LaunchError(f"sample_input_file: {gen.sample_input_file} not found (-i FILE)")
+
+
+def _check_save_dir(save: str | None) -> None:
+    """``save`` must be (or be creatable as) a writable directory: found now, not at the first save."""
+    if not save:
+        return
+    if os.path.exists(save) and not os.path.isdir(save):
+        raise LaunchError(f"save: {save} exists and is not a directory")
+    existing = save
+    while not os.path.exists(existing):  # the nearest existing ancestor must let us create it
+        existing = os.path.dirname(os.path.abspath(existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LaunchError(f"save: {save} is not writable ({existing} does not allow writing)")
 
 
 def _check_evaluation_inputs(cfg: Config) -> None:

@@ -43,6 +43,18 @@ def fsync_tree(path: str) -> None:
         fsync_dir(root)
 
 
+def read_utf8(path: str) -> str:
+    """The file's text; invalid UTF-8 is a ``ValueError`` naming ``path:line`` (not the codec's
+    message without a file)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not valid UTF-8 (byte {data[exc.start]:#04x})") from None
+
+
 def reserve_new_path(stem: str, suffix: str) -> str:
     """``<stem><suffix>``, or ``<stem>-1<suffix>``, ... : the first name no one has, created
     empty (exclusively) so that a process starting at the same moment takes the next one."""

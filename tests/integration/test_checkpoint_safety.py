@@ -141,3 +141,54 @@ def test_a_crafted_checkpoint_is_refused_not_run(tmp_path, data_prefix):
     except CheckpointError as exc:
         assert str(exc).startswith(f"{model_file}: refused to load: it would unpickle posix.system")
     assert not marker.exists()
+
+
+def _damage_meta(step: Path) -> None:
+    meta = json.loads((step / "megatron_lite.json").read_text())
+    del meta["consumed_train_samples"]
+    (step / "megatron_lite.json").write_text(json.dumps(meta))
+
+
+def _newer_format(step: Path) -> None:
+    meta = json.loads((step / "megatron_lite.json").read_text())
+    (step / "megatron_lite.json").write_text(json.dumps({**meta, "format": 99}))
+
+
+def _truncate(name: str):
+    def damage(step: Path) -> None:
+        data = (step / name).read_bytes()
+        (step / name).write_bytes(data[: len(data) // 3])
+    return damage
+
+
+def test_a_damaged_latest_checkpoint_is_one_line_naming_the_file_and_the_fallback(tmp_path, data_prefix):
+    save = tmp_path / "ckpt"
+    cfg = base_config(tmp_path, data_prefix, train_micro_batch_size_per_gpu=4, save=str(save),
+                      load=str(save), checkpoint_factor=2, train_iters=4)
+    run_train(tmp_path, cfg)
+    cases = {
+        "megatron_lite.json: damaged (keys": _damage_meta,
+        "megatron_lite.json: checkpoint format 99 is newer": _newer_format,
+        "mp_rank_00_model_states.pt: not a readable checkpoint file": _truncate("mp_rank_00_model_states.pt"),
+        "rng_state_rank0.pt: not a readable checkpoint file": _truncate("rng_state_rank0.pt"),
+    }
+    for n, (expected, damage) in enumerate(cases.items()):
+        copy = tmp_path / f"copy{n}"
+        shutil.copytree(save, copy)
+        damage(copy / "global_step4")
+        result = run_train(tmp_path, {**cfg, "save": str(copy), "load": str(copy), "train_iters": 6,
+                                      "master_port": free_port()}, f"resume{n}.yml", expect_ok=False)
+        assert result.returncode == 1, expected
+        assert f"{copy / 'global_step4'}/{expected}" in result.stderr, result.stderr[-2000:]
+        assert "the previous complete checkpoint is global_step2: resume from it with `iteration: 2`" \
+            in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_save_that_is_a_file_fails_before_launch(tmp_path, data_prefix):
+    (tmp_path / "ckpt").write_text("not a directory")
+    cfg = base_config(tmp_path, data_prefix, train_micro_batch_size_per_gpu=4, save=str(tmp_path / "ckpt"))
+    result = run_train(tmp_path, cfg, expect_ok=False)
+    assert result.returncode == 1
+    assert f"save: {tmp_path / 'ckpt'} exists and is not a directory" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "logs").exists()

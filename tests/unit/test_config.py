@@ -247,6 +247,42 @@ def test_bad_split_gets_the_same_message_before_launch_and_at_run_time(split):
     assert str(before_launch.value) == str(at_run_time.value)
 
 
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("num_attention_heads", 0, "num_attention_heads must be > 0, got 0"),
+        ("hidden_size", -64, "hidden_size must be > 0, got -64"),
+        ("num_layers", 0, "num_layers must be > 0"),
+        ("make_vocab_size_divisible_by", 0, "make_vocab_size_divisible_by must be > 0"),
+        ("train_iters", 0, "train_iters must be > 0"),
+        ("seq_length", 0, "seq_length must be > 0"),
+        ("num_gpus", 0, "num_gpus must be >= 1"),
+        ("master_port", 70000, "master_port must be a port in 1-65535, got 70000"),
+        ("master_port", 0, "master_port must be a port in 1-65535"),
+        ("eval_iters", -1, "eval_iters must be >= 0"),
+        ("optimizer", {"type": "Adam", "params": {"lr": float("nan")}}, "lr \\(optimizer.params.lr\\) must be finite"),
+        ("optimizer", {"type": "Adam", "params": {"lr": float("inf")}}, "lr \\(optimizer.params.lr\\) must be finite"),
+        ("min_lr", float("nan"), "min_lr must be finite and >= 0"),
+        ("generation_batch_size", 0, "generation_batch_size must be > 0"),
+        ("eval_limit", 0, "eval_limit must be > 0"),
+        ("temperature", -0.5, "temperature must be finite and >= 0"),
+        ("temperature", float("nan"), "temperature must be finite and >= 0"),
+        ("top_p", 1.5, "top_p must be in \\(0, 1\\], or 0"),
+        ("top_k", -1, "top_k must be >= 0"),
+        ("maximum_tokens", 0, "maximum_tokens must be > 0"),
+    ],
+)
+def test_out_of_range_values_name_the_key_before_anything_starts(key, value, expected):
+    with pytest.raises(ConfigError, match=expected):
+        resolved(world_size=1, **{key: value})
+
+
+def test_a_huge_value_in_an_error_is_shortened():
+    with pytest.raises(ConfigError) as info:
+        resolved(world_size=1, top_k=-10 ** 500)
+    assert len(str(info.value)) < 120
+
+
 def test_zero_2_and_3_allowed_without_pipeline():
     for stage in (0, 1, 2, 3):
         cfg = resolved(world_size=2, pipe_parallel_size=0, zero_optimization={"stage": stage})

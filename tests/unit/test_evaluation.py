@@ -91,3 +91,16 @@ def test_reference_file_accepts_several_references(tmp_path):
     path = tmp_path / "refs.jsonl"
     path.write_text('{"prompt": "p", "references": ["r1", "r2"]}\n{"prompt": "q", "reference": "s"}\n')
     assert read_references(str(path)) == [("p", ["r1", "r2"]), ("q", ["s"])]
+
+
+def test_invalid_utf8_in_a_reference_or_prompt_file_names_file_and_line(tmp_path):
+    from megatron_lite.inference.main import GenerationError, read_prompts
+
+    refs = tmp_path / "refs.jsonl"
+    refs.write_bytes(b'{"prompt": "p", "reference": "r"}\n{"prompt": "\xff", "reference": "r"}\n')
+    with pytest.raises(EvaluationError, match=r"refs.jsonl:2: not valid UTF-8 \(byte 0xff\)"):
+        read_references(str(refs))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"first prompt\nsecond\nthird \xc3\x28 prompt\n")
+    with pytest.raises(GenerationError, match=r"prompts.txt:3: not valid UTF-8"):
+        read_prompts(str(prompts), "\n")
