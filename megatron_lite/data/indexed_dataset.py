@@ -72,6 +72,23 @@ def dataset_exists(prefix: str) -> bool:
     return os.path.isfile(index_file_path(prefix)) and os.path.isfile(data_file_path(prefix))
 
 
+_CHECK_CHUNK = 1 << 22  # sequences per vectorised step: bounded memory for any index size
+
+
+def _first_inconsistency(sizes: np.ndarray, pointers: np.ndarray, itemsize: int) -> int | None:
+    """The first sequence whose size is negative or whose pointer does not follow from the one
+    before (pointer[i] = pointer[i-1] + size[i-1] * itemsize); None when all agree."""
+    for start in range(0, len(sizes), _CHECK_CHUNK):
+        stop = min(start + _CHECK_CHUNK + 1, len(sizes))
+        sz, ptr = sizes[start:stop].astype(np.int64), pointers[start:stop]
+        wrong = np.flatnonzero(sz < 0)
+        steps = np.flatnonzero(ptr[1:] != ptr[:-1] + sz[:-1] * itemsize) + 1
+        found = [int(x[0]) for x in (wrong, steps) if len(x)]
+        if found:
+            return start + min(found)
+    return None
+
+
 class MMapIndexedDataset:
     """A ``.bin/.idx`` pair, memory-mapped: ``ds[i]`` and ``ds.get(i, offset, length)`` are
     zero-copy views into the ``.bin`` file.
@@ -123,11 +140,16 @@ class MMapIndexedDataset:
             logger.warning("%s: doc_idx ends at %d, not at %d sequences (written by GPT-NeoX's "
                            "merge tool?); document counts are incomplete", idx_path,
                            int(self.doc_idx[-1]), count)
-        # Cheap end checks (O(1)): the pointers must start at 0 and the last sequence must end
+        # The pointers must start at 0, follow the sizes exactly, and the last sequence must end
         # exactly at the end of .bin, or reads would silently return the wrong tokens.
         if count and (self.pointers[0] != 0 or
                       int(self.pointers[-1]) + int(self.sizes[-1]) * self._itemsize != bin_size):
             raise ValueError(f"{idx_path}: corrupt pointers (they do not match the sizes and {bin_path})")
+        bad = _first_inconsistency(self.sizes, self.pointers, self._itemsize)
+        if bad is not None:
+            raise ValueError(f"{idx_path}: corrupt index at sequence {bad}: size "
+                             f"{int(self.sizes[bad])}, pointer {int(self.pointers[bad])} (pointers "
+                             "must advance by size * item size, sizes must be >= 0)")
 
     @staticmethod
     def exists(prefix: str) -> bool:

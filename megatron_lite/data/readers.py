@@ -25,6 +25,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -210,6 +211,21 @@ def _decode(raw: bytes, where: str, stats: ReadStats, strict: bool) -> str | Non
         return None
 
 
+# Valid UTF-8 bytes never decode to a surrogate; only a JSON \\uD800-\\uDFFF escape makes one. A
+# lone one cannot be encoded (the tokenizer would fail on it): the line is bad like the others.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def _has_lone_surrogate(fields: dict[str, Any]) -> bool:
+    for value in fields.values():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
 def read_jsonl(path: str, keys: list[str], stats: ReadStats, strict: bool,
                parse: RecordParser | None = None) -> Iterator[Document]:
     """One :class:`Document` per valid line (bad lines counted in ``stats``); ``parse`` turns a
@@ -235,6 +251,9 @@ def read_jsonl(path: str, keys: list[str], stats: ReadStats, strict: bool,
             fields = parse(record)
         except BadRecord as exc:
             stats.skip(exc.reason, where, strict, exc.detail)
+            continue
+        if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(fields):
+            stats.skip(NOT_UTF8, where, strict, " (a \\u escape of a lone surrogate, which no UTF-8 text holds)")
             continue
         yield Document(fields, path, lineno)
 

@@ -208,3 +208,30 @@ def test_more_damage_is_named(tmp_path, damage, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message) as err:
         MMapIndexedDataset(prefix)
     assert prefix in str(err.value)
+
+
+def _write_three(prefix: str) -> None:
+    with MMapIndexedDatasetBuilder(data_file_path(prefix), np.uint16) as builder:
+        for tokens in ([1, 2, 3], [4, 5], [6, 7, 8, 9]):
+            builder.add_item(np.array(tokens, dtype=np.uint16))
+            builder.end_document()
+        builder.finalize(index_file_path(prefix))
+
+
+@pytest.mark.parametrize("field, index, value, sequence", [
+    ("pointers", 1, 4, 1),      # the middle pointer moved: the ends still agree
+    ("sizes", 0, -1, 0),        # a negative size (the total kept by the next one)
+])
+def test_idx_whose_pointers_disagree_with_its_sizes_is_refused_at_open(tmp_path, field, index, value, sequence):
+    prefix = str(tmp_path / "c")
+    _write_three(prefix)
+    idx = bytearray(open(index_file_path(prefix), "rb").read())
+    header, count = 34, 3
+    if field == "pointers":
+        struct.pack_into("<q", idx, header + 4 * count + 8 * index, value)
+    else:
+        struct.pack_into("<i", idx, header + 4 * index, value)
+        struct.pack_into("<i", idx, header + 4 * (index + 1), 2 + 3 + 1)  # sum of sizes unchanged
+    open(index_file_path(prefix), "wb").write(bytes(idx))
+    with pytest.raises(ValueError, match=f"c.idx: corrupt index at sequence {sequence}"):
+        MMapIndexedDataset(prefix)

@@ -132,3 +132,15 @@ def test_iter_texts_yields_every_key(tmp_path):
     path = write(tmp_path / "in.jsonl", b'{"a": "1", "b": "2"}\n{"a": "3", "b": "4"}\n')
     stats = ReadStats()
     assert list(iter_texts([path], ["a", "b"], stats)) == ["1", "2", "3", "4"] and stats.documents == 2
+
+
+def test_a_lone_surrogate_escape_is_a_bad_line_not_a_crash(tmp_path, caplog):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "a\\ud800b"}\n{"text": "pair \\ud83d\\ude00 ok"}\n')
+    stats = ReadStats()
+    docs = list(iter_documents([str(path)], ["text"], stats))
+    assert [d.texts["text"] for d in docs] == ["fine", "pair \U0001F600 ok"]
+    assert sum(stats.skipped.values()) == 1
+    assert f"{path}:2: not valid UTF-8 (a \\u escape of a lone surrogate" in caplog.text
+    with pytest.raises(InputError, match="s.jsonl:2: not valid UTF-8"):
+        list(iter_documents([str(path)], ["text"], ReadStats(), strict=True))
