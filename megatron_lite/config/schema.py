@@ -217,7 +217,7 @@ class LauncherConfig:
     exclude: str | None = f(None, "DeepSpeed --exclude host/GPU filter.")
     num_nodes: int = f(-1, "Nodes to use from the hostfile (-1 = all).")
     num_gpus: int | None = f(None, "Processes per node (default: all GPUs, or 1 on a CPU machine).")
-    master_port: int = f(29500, "Rendezvous port.")
+    master_port: int | None = f(None, "Rendezvous port (default: a free port for a single-node run, 29500 across nodes).")
     master_addr: str | None = f(None, "Rendezvous address (default: first host).")
     launcher: str = f("pdsh", "Multi-node launcher: pdsh, openmpi, mvapich or slurm.")
     deepspeed_extra_args: dict = f({}, "Extra keys merged into the DeepSpeed config.")

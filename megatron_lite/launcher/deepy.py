@@ -26,6 +26,7 @@ from typing import Any
 
 from megatron_lite.config import Config, ConfigError, dump_yaml, load_unresolved, resolve
 from megatron_lite.config.resources import HostfileError, launch_world_size, plan_world
+from megatron_lite.launcher.ports import with_rendezvous_port
 from megatron_lite.launcher.worker_args import encode_worker_args
 from megatron_lite.utils.files import atomic_write_text
 from megatron_lite.utils.logging import get_logger
@@ -215,6 +216,15 @@ def launch_command(cfg: Config, script: str, run_dir: str, node_rank: int | None
     return cmd + tail, {}
 
 
+def _choose_port(cfg: Config, node_rank: int | None) -> Config:
+    la = cfg.launcher
+    hosts, _ = plan_world(la.hostfile, la.num_nodes, la.num_gpus, la.include, la.exclude)
+    try:
+        return with_rendezvous_port(cfg, single_node=list(hosts) == ["localhost"] and node_rank is None)
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -222,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             raise LaunchError(f"script not found: {args.script}")
         cfg = load_launch_config(args.configs, args.conf_dir, cli_overrides(args))
         check_inputs(cfg, args.script)
+        cfg = _choose_port(cfg, args.node_rank)
         run_dir = make_run_dir(cfg, args.script)
         cmd, env = launch_command(cfg, args.script, run_dir, args.node_rank)
     except (ConfigError, HostfileError, LaunchError) as exc:
