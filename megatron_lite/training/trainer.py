@@ -70,7 +70,7 @@ class Trainer:
         self._build_engine()
         self._load()
         self.train_batches = self._batches("train", self.progress.consumed_train_samples)
-        self.valid_batches = self._batches("valid", 0)
+        self.valid_batches = self._batches("valid", self._valid_samples_read())
         self.metrics = MetricsWriter(self.cfg, self.run_dir, dist.get_rank())
 
     # ---- setup ---------------------------------------------------------------------------------
@@ -140,6 +140,15 @@ class Trainer:
             if dist.get_rank() == 0:
                 move_later_steps_aside(ck.save, self.progress.iteration)
             dist.barrier()
+
+    def _valid_samples_read(self) -> int:
+        """Validation samples an uninterrupted run read before ``progress.iteration``: ``eval_iters``
+        global batches at every ``eval_interval``-th iteration. A resumed run continues there (as
+        GPT-NeoX and Megatron-LM do), so its validation losses equal the uninterrupted run's."""
+        tr = self.cfg.training
+        if not tr.eval_interval:
+            return 0
+        return (self.progress.iteration // tr.eval_interval) * tr.eval_iters * tr.train_batch_size
 
     def _batches(self, split: str, consumed: int) -> Iterator[steps.Batch] | None:
         """Micro batches of ``split`` on the device, from ``consumed`` samples on (None without data)."""

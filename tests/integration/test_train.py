@@ -68,10 +68,16 @@ def train_losses(tmp_path: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_prefix) -> dict[int, float]:
+def reference_run(tmp_path_factory, data_prefix) -> Path:
+    """One uninterrupted run (6 iterations, validation at 3 and 6): its log directory."""
     tmp = tmp_path_factory.mktemp("reference")
     run_train(tmp, base_config(tmp, data_prefix, train_micro_batch_size_per_gpu=4))
-    losses = train_losses(tmp)
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> dict[int, float]:
+    losses = train_losses(reference_run)
     assert sorted(losses) == list(range(1, 7))
     assert losses[6] < losses[1], "the tiny model learns"
     return losses
@@ -115,7 +121,7 @@ def test_logging_records_and_evaluation(tmp_path, data_prefix):
     assert (run_dir / "config.yml").exists() and (run_dir / "rank0.log").exists()
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, data_prefix, reference):
+def test_resume_equals_uninterrupted_run(tmp_path, data_prefix, reference, reference_run):
     save = str(tmp_path / "ckpt")
     cfg = base_config(tmp_path, data_prefix, train_micro_batch_size_per_gpu=4, save=save,
                       load=save, exit_interval=3, checkpoint_factor=100)
@@ -125,6 +131,11 @@ def test_resume_equals_uninterrupted_run(tmp_path, data_prefix, reference):
     losses = train_losses(tmp_path)
     for it in range(1, 7):
         assert losses[it] == reference[it], f"iteration {it}: bit-for-bit after resume"
+    # Validation continues where the uninterrupted run's was at iteration 3, not at its start.
+    valid = {r["iteration"]: r["loss"] for r in records(tmp_path, "valid")}
+    expected = {r["iteration"]: r["loss"] for r in records(reference_run, "valid")}
+    assert sorted(valid) == sorted(expected) == [3, 6]
+    assert valid[6] == expected[6], "validation after resume: same batches as without the stop"
     step6 = Path(save) / "global_step6"
     assert (step6 / "megatron_lite.json").exists() and (step6 / "config.yml").exists()
 
