@@ -232,6 +232,10 @@ def validate(cfg: Config) -> None:
     check_learning_rate(cfg.optimizer.lr)
     _validate_schedule(cfg)
     _validate_data(cfg)
+    la = cfg.launcher
+    if (la.include or la.exclude) and (la.num_gpus is not None or la.num_nodes > 0):
+        raise ConfigError("include/exclude cannot be combined with num_gpus or num_nodes (DeepSpeed's "
+                          "runner refuses the mix): select hosts and GPUs with include/exclude alone")
     if cfg.checkpoint.finetune and not cfg.checkpoint.load:
         raise ConfigError("finetune: true needs `load`: the checkpoint to start from")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import reprlib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -90,17 +91,49 @@ def merge_files(paths: list[str], overrides: dict[str, Any] | None = None) -> Ra
             if key in neox_compat.IGNORED_KEYS:
                 raw.ignored.setdefault(key, source)
                 continue
+            _check_size(original_key, value, source)
             if key not in known:
                 _check_unknown_key(key, original_key, value, source, known)
                 continue
             if key in raw.values and raw.values[key] != value:
                 logger.info(
-                    "%s overrides %s: %r -> %r (was set in %s)",
-                    source, key, raw.values[key], value, raw.sources[key],
+                    "%s overrides %s: %s -> %s (was set in %s)",
+                    source, key, short(raw.values[key]), short(value), raw.sources[key],
                 )
             raw.values[key] = value
             raw.sources[key] = source
     return raw
+
+
+_MAX_ITEMS = 100_000  # scalars and containers in one key's value, aliases expanded
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, without building the whole repr: messages
+    stay one short line whatever the value (a YAML alias bomb included)."""
+    brief = reprlib.Repr()  # attributes, not keywords: Python 3.10 and 3.11 take none
+    brief.maxstring = brief.maxother = limit
+    brief.maxlist = brief.maxdict = brief.maxtuple = 6
+    brief.maxlevel = 3
+    return brief.repr(value)[:limit]
+
+
+def _expanded_size(value: Any, memo: dict[int, int]) -> int:
+    """Items in ``value`` once YAML aliases are expanded (shared subtrees counted per use,
+    computed once each: linear in the document, not in its expansion)."""
+    if not isinstance(value, (list, tuple, dict)):
+        return 1
+    if id(value) not in memo:
+        memo[id(value)] = 0  # a self-referencing value counts its cycle once
+        items = list(value.items()) if isinstance(value, dict) else [(None, v) for v in value]
+        memo[id(value)] = 1 + sum(_expanded_size(v, memo) for _, v in items)
+    return memo[id(value)]
+
+
+def _check_size(key: str, value: Any, source: str) -> None:
+    if _expanded_size(value, {}) > _MAX_ITEMS:
+        raise ConfigError(f"{source}: {key}: the value expands to more than {_MAX_ITEMS} items "
+                          "(YAML aliases nested in aliases?)")
 
 
 def _check_unknown_key(key: str, original: str, value: Any, source: str, known: dict) -> None:
@@ -109,7 +142,7 @@ def _check_unknown_key(key: str, original: str, value: Any, source: str, known: 
         if value == default or value in (None, {}, [], False):
             return
         raise ConfigError(
-            f"{source}: {original}: {value!r} needs {feature}, a GPT-NeoX feature megatron_lite "
+            f"{source}: {original}: {short(value)} needs {feature}, a GPT-NeoX feature megatron_lite "
             f"does not implement; remove the key or set it to {default!r}"
         )
     vocabulary = list(known) + list(neox_compat.ALIASES) + list(neox_compat.IGNORED_KEYS)
@@ -145,7 +178,7 @@ def _coerce(value: Any, annotation: str, key: str, source: str) -> Any:
         if type_name == "dict" and isinstance(value, dict):
             return dict(value)
     expected = " or ".join(t for t in types if t != "None")
-    raise ConfigError(f"{source}: {key} must be {expected}, got {value!r}")
+    raise ConfigError(f"{source}: {key} must be {expected}, got {short(value)}")
 
 
 def _check_supported_value(key: str, value: Any, source: str) -> None:
@@ -153,7 +186,7 @@ def _check_supported_value(key: str, value: Any, source: str) -> None:
     if allowed is None or value is None or value in allowed:
         return
     raise ConfigError(
-        f"{source}: {key}: {value!r} is not implemented in megatron_lite "
+        f"{source}: {key}: {short(value)} is not implemented in megatron_lite "
         f"(supported: {', '.join(sorted(map(str, allowed)))})"
     )
 

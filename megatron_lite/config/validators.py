@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from megatron_lite.config.loader import ConfigError
+from megatron_lite.config.loader import ConfigError, short
 from megatron_lite.config.schema import Config, DataConfig
 
 _NUMBER = r"\s*\d+(?:\.\d*)?(?:[eE][+-]?\d+)?\s*"
@@ -94,12 +94,6 @@ _RANGES: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
     ("evaluation", "eval_limit", _positive, "> 0"),
     ("evaluation", "eval_batch_size", _positive, "> 0"),
 )
-
-
-def short(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters: messages stay one short line whatever the value."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_ranges(cfg: Config) -> None:

@@ -220,6 +220,8 @@ def test_precision_lr_and_decay_iters_are_derived():
         (1, {"train_data_paths": ["a", "b"], "train_data_weights": [1.0]}, "train_data_weights has 1"),
         (1, {"train_epochs": 2}, "train_iters or train_epochs"),
         (1, {"rotary_pct": 0.0}, "rotary_pct"),
+        (1, {"include": "worker-1:0,1", "num_gpus": 2}, "include/exclude cannot be combined with num_gpus"),
+        (1, {"exclude": "worker-1", "num_nodes": 1}, "include/exclude cannot be combined with num_gpus or num_nodes"),
     ],
 )
 def test_invalid_combinations(world, overrides, expected):
@@ -362,3 +364,26 @@ def test_docs_config_md_is_current():
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def _alias_bomb(levels: int) -> str:
+    lines = ['  x0: &x0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"  x{i}: &x{i} [" + ",".join([f"*x{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "deepspeed_extra_args:\n" + "\n".join(lines) + f"\nnum_layers: [*x{levels - 1}]\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    import time
+
+    path = write(tmp_path, "bomb.yml", _alias_bomb(9))  # 9**9 items once expanded
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="deepspeed_extra_args: the value expands to more than 100000 items"):
+        load_config([path], world_size=1)
+    assert time.perf_counter() - start < 5
+
+
+def test_a_nested_value_where_a_number_belongs_is_one_short_line(tmp_path):
+    path = write(tmp_path, "nested.yml", _alias_bomb(4))  # under the limit, wrong type
+    with pytest.raises(ConfigError, match="num_layers must be int, got") as info:
+        load_config([path], world_size=1)
+    assert len(str(info.value)) < 200
