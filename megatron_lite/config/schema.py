@@ -131,6 +131,7 @@ class DataConfig:
     split: str = f("969,30,1", "Train/valid/test proportions of data_path's documents.")
     data_impl: str = f("mmap", "Dataset format (mmap only).")
     num_workers: int = f(2, "DataLoader worker processes per rank.")
+    data_cache_dir: str | None = f(None, "Directory for the sample index caches (.npy; default: next to the data). Set it when the data directory is read-only. megatron_lite's own key.")
 
 
 @dataclass(frozen=True)

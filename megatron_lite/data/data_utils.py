@@ -150,9 +150,10 @@ def build_train_valid_test_datasets(
     ``num_samples`` is what :func:`train_valid_test_num_samples` returns; an entry of None builds
     exactly one epoch of that split instead (``train_epochs``). Under torch.distributed every rank
     of ``group`` (default: the world) must call this: rank 0 builds the index caches, the others
-    wait. ``cache_dir`` puts the cached index files there instead of next to the data.
+    wait. ``cache_dir`` (default: ``data_cache_dir``) puts the cached index files there instead of
+    next to the data.
     """
-    kwargs = {"cache_dir": cache_dir, "group": group}
+    kwargs = {"cache_dir": cache_dir or data_cfg.data_cache_dir, "group": group}
     if split_paths(data_cfg, "train")[0]:
         return tuple(
             _build_blend(data_cfg, split, num_samples[i], seq_length, seed, **kwargs)

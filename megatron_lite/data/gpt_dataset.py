@@ -212,7 +212,13 @@ def _build_and_save(paths: dict[str, str], build: IndexBuilder) -> None:
     arrays = dict(zip(("doc", "sample", "shuffle"), build()))
     # shuffle_idx goes last: the existence of all three files is what marks the cache complete.
     for kind in ("doc", "sample", "shuffle"):
-        save_npy_atomic(paths[kind], arrays[kind])
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(paths[kind])), exist_ok=True)
+            save_npy_atomic(paths[kind], arrays[kind])
+        except OSError as exc:  # a read-only data directory, a full disk: name the key to set
+            directory = os.path.dirname(os.path.abspath(paths[kind]))
+            raise ValueError(f"cannot write the sample index cache in {directory} ({exc.strerror}): "
+                             "set data_cache_dir to a writable directory") from None
     logger.info("built index mappings in %.2f s: %s", time.time() - start, paths["shuffle"])
 
 

@@ -294,3 +294,25 @@ def test_label_paths_and_config_errors(tmp_path, corpus):
     # train_epochs: None samples means exactly one epoch of each split.
     one_epoch, _, _ = build_train_valid_test_datasets(_cfg(data_path=prefix, split="1"), SEQ, 1, (None, None, None))
     assert one_epoch.num_epochs == 1
+
+
+def test_read_only_data_directory_names_the_key_and_data_cache_dir_is_used(tmp_path, corpus, monkeypatch):
+    """A data directory the run cannot write to (made so from outside: mkstemp refused there)
+    is one error naming data_cache_dir; with data_cache_dir set, the caches go there."""
+    import tempfile
+
+    prefix, _, _ = corpus
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only_data_dir(*args, dir=None, **kwargs):
+        if os.path.abspath(dir) == os.path.dirname(os.path.abspath(prefix)):
+            raise PermissionError(13, "Permission denied")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only_data_dir)
+    with pytest.raises(ValueError, match="cannot write the sample index cache in .*Permission denied.*set data_cache_dir"):
+        build_train_valid_test_datasets(_cfg(data_path=prefix, split="8,1,1"), SEQ, 1, (10, 2, 2))
+    cache = tmp_path / "caches"
+    train, _, _ = build_train_valid_test_datasets(
+        _cfg(data_path=prefix, split="8,1,1", data_cache_dir=str(cache)), SEQ, 1, (10, 2, 2))
+    assert len(train) >= 10 and any(cache.glob("*_shuffle_idx.npy"))
