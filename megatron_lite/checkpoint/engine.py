@@ -15,6 +15,7 @@ with a fresh optimizer. Fine-tune (``finetune: true``): weights only, read with
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -59,21 +60,14 @@ def save_checkpoint(engine: Any, cfg: Config, iteration: int, consumed_samples: 
     tag = step_dir_name(iteration)
     step_dir = os.path.join(save_dir, tag)
     _clear_for(step_dir)
-    engine.save_checkpoint(save_dir, tag=tag, save_latest=False,
-                           client_state={"iteration": iteration, "consumed_train_samples": consumed_samples})
-    tracker = get_rng_tracker().snapshot()
-    rng = {"torch": torch.get_rng_state(), "tracker": tracker[0]}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-        rng["tracker_cuda"] = tracker[1]
-    torch.save(rng, _rng_file(step_dir, dist.get_rank()))
-    fsync_tree(step_dir)  # this rank's files are on disk before rank 0 marks the step complete
-    dist.barrier()
-    if dist.get_rank() == 0:
+    failure = _write_rank_files(engine, save_dir, step_dir, iteration, consumed_samples)
+    if dist.get_rank() == 0 and failure is None:
         meta = CheckpointMeta(iteration, consumed_samples, cfg.parallel.model_parallel_size,
                               cfg.parallel.pipe_parallel_size, vocab_size=vocab_size)
-        finish_step_dir(step_dir, dump_yaml(cfg), tokenizer_files, meta)
-        write_latest(save_dir, iteration)
+        failure = _attempt(lambda: finish_step_dir(step_dir, dump_yaml(cfg), tokenizer_files, meta))
+        failure = failure or _attempt(lambda: write_latest(save_dir, iteration))
+    _raise_if_any_failed(failure, save_dir, step_dir)  # collective: every rank learns of a failure
+    if dist.get_rank() == 0:
         logger.info("saved checkpoint %s", step_dir)
     if own_steps is not None:
         own_steps.append(iteration)
@@ -81,6 +75,56 @@ def save_checkpoint(engine: Any, cfg: Config, iteration: int, consumed_samples: 
             _rotate(save_dir, cfg.checkpoint.keep_last_n_checkpoints, own_steps)
     dist.barrier()
     return step_dir
+
+
+def _write_rank_files(engine: Any, save_dir: str, step_dir: str, iteration: int,
+                      consumed_samples: int) -> OSError | None:
+    """This rank's part of the step (DeepSpeed's files, its RNG states), on disk; then every
+    rank has written (barrier). Returns the OSError (a full disk, ...) instead of raising it."""
+    def write() -> None:
+        engine.save_checkpoint(save_dir, tag=os.path.basename(step_dir), save_latest=False,
+                               client_state={"iteration": iteration, "consumed_train_samples": consumed_samples})
+        tracker = get_rng_tracker().snapshot()
+        rng = {"torch": torch.get_rng_state(), "tracker": tracker[0]}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+            rng["tracker_cuda"] = tracker[1]
+        torch.save(rng, _rng_file(step_dir, dist.get_rank()))
+        fsync_tree(step_dir)  # this rank's files are on disk before rank 0 marks the step complete
+
+    failure = _attempt(write)
+    dist.barrier()
+    return failure
+
+
+def _attempt(write: Any) -> OSError | None:
+    try:
+        write()
+    except OSError as exc:
+        return exc
+    except RuntimeError as exc:  # torch.save reports a full disk as a RuntimeError around errno
+        if "No space left" in str(exc) or "file write failed" in str(exc):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise
+    return None
+
+
+def _raise_if_any_failed(failure: OSError | None, save_dir: str, step_dir: str) -> None:
+    """All ranks agree whether the save failed; if so the partial step is removed and each
+    rank raises one ``CheckpointError`` naming the last complete checkpoint."""
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+    flag = torch.tensor([0.0 if failure is None else float(failure.errno or 1)], device=device)
+    if dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if not flag.item():
+        return
+    if dist.get_rank() == 0:
+        shutil.rmtree(step_dir, ignore_errors=True)
+    code = int(flag.item())
+    reason = os.strerror(code).lower() if failure is None else (failure.strerror or str(failure)).lower()
+    complete = complete_steps(save_dir)
+    last = step_dir_name(complete[-1]) if complete else "none"
+    raise CheckpointError(f"{reason} while saving {step_dir}; the last complete checkpoint is {last}")
 
 
 def _clear_for(step_dir: str) -> None:

@@ -90,8 +90,7 @@ def _checkpoint_tokenizer(step: str, flat: dict[str, Any]) -> Any:
     return None
 
 
-def _checkpoint_model(path: str, iteration: int | None) -> Loaded:
-    step = resolve_step_dir(path, iteration)
+def _checkpoint_model(step: str) -> Loaded:
     flat = read_step_config(step)
     cfg = config_from_flat(flat)  # the saved, already resolved values (padded vocab included)
     tokenizer = _checkpoint_tokenizer(step, flat)
@@ -104,10 +103,27 @@ def _checkpoint_model(path: str, iteration: int | None) -> Loaded:
 
 def load_weights(path: str, iteration: int | None = None) -> Loaded:
     """(model config, full tp=1 state dict, tokenizer or None, real vocab size) of a checkpoint
-    directory (ours, any layout) or a Hugging Face GPTNeoX directory."""
+    directory (ours, any layout) or a Hugging Face GPTNeoX directory.
+
+    Reading ``latest`` of a directory that a running job rotates can race with the deletion of
+    that step: the read is retried once on the new ``latest``, else it is one error."""
     if is_hf_dir(path):
         return _hf_model(path)
-    return _checkpoint_model(path, iteration)
+    step = resolve_step_dir(path, iteration)
+    try:
+        return _checkpoint_model(step)
+    except (CheckpointError, FileNotFoundError) as exc:
+        if iteration is not None or _still_latest(path, step):
+            raise
+        logger.warning("%s moved on while %s was read (%s): reading its new 'latest'", path, step, exc)
+        return _checkpoint_model(resolve_step_dir(path))
+
+
+def _still_latest(path: str, step: str) -> bool:
+    try:
+        return os.path.samefile(resolve_step_dir(path), step)
+    except (CheckpointError, OSError):
+        return False
 
 
 def model_vocab_size(path: str, iteration: int | None, tokenizer_vocab: int) -> tuple[int, int]:

@@ -239,7 +239,7 @@ class Trainer:
 
     def _should_stop(self, window: steps.Window) -> bool:
         it, exit_interval = self.progress.iteration, self.cfg.training.exit_interval
-        flag = torch.tensor([float(self.stop_signal)])
+        flag = torch.tensor([float(self.stop_signal)], device=self.device)  # nccl needs device tensors
         if dist.get_world_size() > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() or (exit_interval and it % exit_interval == 0 and it < self.train_iters):

@@ -192,3 +192,39 @@ def test_save_that_is_a_file_fails_before_launch(tmp_path, data_prefix):
     assert result.returncode == 1
     assert f"save: {tmp_path / 'ckpt'} exists and is not a directory" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "logs").exists()
+
+
+# train.py on a disk that fills up during the second save (ENOSPC from torch.save, injected
+# from outside the library).
+_FULL_DISK_TRAIN = """
+import errno, os, sys
+import torch
+from megatron_lite.training.main import main
+
+_save, calls = torch.save, []
+
+def _filling_disk(obj, path, *args, **kwargs):
+    if "global_step4" in str(path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return _save(obj, path, *args, **kwargs)
+
+torch.save = _filling_disk
+sys.exit(main())
+"""
+
+
+def test_disk_full_during_a_save_is_one_line_and_leaves_no_partial_step(tmp_path, data_prefix):
+    save = tmp_path / "ckpt"
+    cfg = base_config(tmp_path, data_prefix, train_micro_batch_size_per_gpu=4, save=str(save),
+                      load=str(save), checkpoint_factor=2, train_iters=6)
+    path, script = tmp_path / "run.yml", tmp_path / "full_disk_train.py"
+    path.write_text(json.dumps(cfg))
+    script.write_text(_FULL_DISK_TRAIN)
+    result = subprocess.run([sys.executable, str(REPO / "deepy.py"), str(script), str(path)],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert (f"no space left on device while saving {save / 'global_step4'}; the last complete "
+            "checkpoint is global_step2") in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (save / "global_step4").exists() and (save / "latest").read_text() == "global_step2"

@@ -176,3 +176,30 @@ def test_missing_shard_or_weights_is_a_checkpoint_error(tmp_path):
     (step / CONFIG_FILE).unlink()
     with pytest.raises(CheckpointError, match=f"{step} has no {CONFIG_FILE}"):
         megatron_lite.load_model(str(tmp_path))
+
+
+def test_load_model_while_a_run_rotates_reads_the_new_latest(tmp_path, monkeypatch):
+    """A running job saves step 3 and deletes step 2 (keep_last_n_checkpoints: 1) while
+    load_model reads step 2: the read is retried once on the new `latest`."""
+    import shutil
+
+    from megatron_lite.checkpoint import loader
+
+    cfg = make_config()
+    write(cfg, full_state(cfg, seed=2), tmp_path, iteration=2)
+    newer = full_state(cfg, seed=3)
+    real_read = loader.read_full_state_dict
+
+    def rotated_meanwhile(step_dir, glu):
+        if step_dir.endswith("global_step2"):
+            write(cfg, newer, tmp_path, iteration=3)
+            shutil.rmtree(step_dir)
+        return real_read(step_dir, glu)
+
+    monkeypatch.setattr(loader, "read_full_state_dict", rotated_meanwhile)
+    _, full, _, _ = loader.load_weights(str(tmp_path))
+    assert_same(full, newer)
+    with pytest.raises(CheckpointError, match="global_step3"):  # a step that stays broken: one error
+        shutil.rmtree(tmp_path / "global_step3" / "tokenizer", ignore_errors=True)
+        os.unlink(tmp_path / "global_step3" / "mp_rank_00_model_states.pt")
+        loader.load_weights(str(tmp_path))
