@@ -222,6 +222,7 @@ class LauncherConfig:
     master_addr: str | None = f(None, "Rendezvous address (default: first host).")
     launcher: str = f("pdsh", "Multi-node launcher: pdsh, openmpi, mvapich or slurm.")
     deepspeed_extra_args: dict = f({}, "Extra keys merged into the DeepSpeed config.")
+    export_env_vars: list | None = f(None, "Environment variables to export to every rank on every node, besides HF_*, WANDB_*, TOKENIZERS_*, CUDA_*, NCCL_*, TORCH_*, OMP_*. megatron_lite's own key.")
     cpu_keep_freed_memory: bool = f(True, "CPU workers: glibc malloc keeps freed memory for reuse (no page faults per step; RSS stays near its peak). megatron_lite's own key.")
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from megatron_lite.config import Config, ConfigError, dump_yaml, load_unresolved, resolve
 from megatron_lite.config.resources import HostfileError, launch_world_size, plan_world
+from megatron_lite.launcher.environment import write_env_file
 from megatron_lite.launcher.ports import with_rendezvous_port
 from megatron_lite.launcher.worker_args import encode_worker_args
 from megatron_lite.utils.files import atomic_write_text
@@ -211,9 +212,12 @@ def launch_command(cfg: Config, script: str, run_dir: str, node_rank: int | None
         cmd.append(f"--master_addr={master_addr}")
         cmd += [f"--include={la.include}"] if la.include else []
         cmd += [f"--exclude={la.exclude}"] if la.exclude else []
+        env = {"DS_ENV_FILE": write_env_file(run_dir, os.environ, la.export_env_vars)}
+    else:
+        env = {}
     if la.num_gpus is not None or not (la.hostfile and os.path.isfile(la.hostfile)):
         cmd.append(f"--num_gpus={hosts[next(iter(hosts))]}")
-    return cmd + tail, {}
+    return cmd + tail, env
 
 
 def _choose_port(cfg: Config, node_rank: int | None) -> Config:
