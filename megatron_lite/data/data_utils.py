@@ -57,8 +57,10 @@ def split_boundaries(split: str, num_documents: int) -> list[int]:
     return bounds
 
 
-def open_indexed_dataset(prefix: str, what: str = "data_path") -> MMapIndexedDataset:
-    """Open ``prefix``.bin/.idx, or fail naming the config key and the missing file."""
+def open_indexed_dataset(prefix: str, what: str = "data_path", vocab_size: int | None = None) -> MMapIndexedDataset:
+    """Open ``prefix``.bin/.idx, or fail naming the config key and the missing file; with
+    ``vocab_size``, a token id the model has no row for is an error naming the dataset (on a GPU
+    it would be a device-side assert in the embedding, far from its cause)."""
     missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(
@@ -66,7 +68,13 @@ def open_indexed_dataset(prefix: str, what: str = "data_path") -> MMapIndexedDat
             "prefix without .bin/.idx, as written by tools/preprocess_data.py "
             "(e.g. data/corpus_text_document)"
         )
-    return MMapIndexedDataset(prefix)
+    data = MMapIndexedDataset(prefix)
+    found = data.first_token_at_least(vocab_size) if vocab_size else None
+    if found is not None:
+        raise ValueError(f"{what}: {prefix}.bin holds token id {found[1]} (sequence {found[0]}), but the "
+                         f"model's vocabulary has {vocab_size} rows (padded_vocab_size): was it "
+                         "tokenized with another tokenizer?")
+    return data
 
 
 def normalized_weights_and_num_samples(
@@ -84,13 +92,14 @@ def normalized_weights_and_num_samples(
 
 
 def _build_blend(
-    cfg: DataConfig, split: str, num_samples: int | None, seq_length: int, seed: int, **kwargs: Any
+    cfg: DataConfig, split: str, num_samples: int | None, seq_length: int, seed: int,
+    vocab_size: int | None, **kwargs: Any
 ) -> Any:
     """One split of separate paths: a GPT2Dataset per path, blended when there are several."""
     paths, label_paths, weights = split_paths(cfg, split)
     if not paths:
         return None
-    data = [open_indexed_dataset(p, f"{split}_data_paths") for p in paths]
+    data = [open_indexed_dataset(p, f"{split}_data_paths", vocab_size) for p in paths]
     labels = [open_indexed_dataset(p, f"{split}_label_data_paths") for p in label_paths] if label_paths else None
     if cfg.weight_by_num_documents:
         alpha = float(cfg.weighted_sampler_alpha)
@@ -113,11 +122,12 @@ def _build_blend(
 
 
 def _build_split_datasets(
-    cfg: DataConfig, seq_length: int, seed: int, num_samples: Sequence[int | None], **kwargs: Any
+    cfg: DataConfig, seq_length: int, seed: int, num_samples: Sequence[int | None],
+    vocab_size: int | None, **kwargs: Any
 ) -> tuple[Any, Any, Any]:
     """``data_path`` cut by ``split`` into contiguous document ranges."""
     prefix = cfg.data_path
-    data = open_indexed_dataset(prefix, "data_path")
+    data = open_indexed_dataset(prefix, "data_path", vocab_size)
     split = cfg.split
     bounds = split_boundaries(split, len(data.sizes))
     result = []
@@ -144,21 +154,23 @@ def build_train_valid_test_datasets(
     *,
     cache_dir: str | None = None,
     group: Any = None,
+    vocab_size: int | None = None,
 ) -> tuple[Any, Any, Any]:
     """(train, valid, test) datasets; a split without data is None.
 
     ``num_samples`` is what :func:`train_valid_test_num_samples` returns; an entry of None builds
     exactly one epoch of that split instead (``train_epochs``). Under torch.distributed every rank
     of ``group`` (default: the world) must call this: rank 0 builds the index caches, the others
-    wait. ``cache_dir`` (default: ``data_cache_dir``) puts the cached index files there instead of
+    wait. ``vocab_size``: token ids must be below it (checked as each dataset opens).
+    ``cache_dir`` (default: ``data_cache_dir``) puts the cached index files there instead of
     next to the data.
     """
     kwargs = {"cache_dir": cache_dir or data_cfg.data_cache_dir, "group": group}
     if split_paths(data_cfg, "train")[0]:
         return tuple(
-            _build_blend(data_cfg, split, num_samples[i], seq_length, seed, **kwargs)
+            _build_blend(data_cfg, split, num_samples[i], seq_length, seed, vocab_size, **kwargs)
             for i, split in enumerate(SPLIT_NAMES)
         )
     if data_cfg.data_path:
-        return _build_split_datasets(data_cfg, seq_length, seed, num_samples, **kwargs)
+        return _build_split_datasets(data_cfg, seq_length, seed, num_samples, vocab_size, **kwargs)
     raise ValueError("no training data: set data_path (split by `split`) or train_data_paths")

@@ -93,7 +93,7 @@ class Trainer:
             num_samples = train_valid_test_num_samples(
                 tr.train_iters, tr.eval_interval or tr.train_iters, tr.eval_iters, tr.train_batch_size)
         self.datasets = dict(zip(("train", "valid", "test"), build_train_valid_test_datasets(
-            cfg.data, cfg.model.seq_length, tr.seed, num_samples)))
+            cfg.data, cfg.model.seq_length, tr.seed, num_samples, vocab_size=cfg.model.padded_vocab_size)))
         if self.datasets["train"] is None:
             raise TrainingError("the training split is empty: check `split` and the data paths")
         self.train_iters = tr.train_iters or train_iters_from_epochs(

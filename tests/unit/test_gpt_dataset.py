@@ -316,3 +316,13 @@ def test_read_only_data_directory_names_the_key_and_data_cache_dir_is_used(tmp_p
     train, _, _ = build_train_valid_test_datasets(
         _cfg(data_path=prefix, split="8,1,1", data_cache_dir=str(cache)), SEQ, 1, (10, 2, 2))
     assert len(train) >= 10 and any(cache.glob("*_shuffle_idx.npy"))
+
+
+def test_a_token_id_beyond_the_vocabulary_is_refused_when_the_dataset_opens(tmp_path):
+    prefix = write_dataset(tmp_path / "c", [[1, 2, 3], [4, 5], [6, 700, 8]])
+    with pytest.raises(ValueError, match=r"data_path: .*c\.bin holds token id 700 \(sequence 2\), but the "
+                                         r"model's vocabulary has 512 rows"):
+        build_train_valid_test_datasets(_cfg(data_path=prefix, split="1"), SEQ, 1, (4, 0, 0), vocab_size=512)
+    train, _, _ = build_train_valid_test_datasets(_cfg(data_path=prefix, split="1"), SEQ, 1, (4, 0, 0),
+                                                  vocab_size=701)
+    assert train is not None
