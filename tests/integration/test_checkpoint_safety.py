@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tests.distributed.spawn import free_port
-from tests.integration.test_train import REPO, base_config, run_train
+from tests.integration.test_train import REPO, base_config, run_train, start_faulty_train
 
 
 def _snapshot(save: Path) -> dict[str, tuple[int, int]]:
@@ -201,7 +201,7 @@ import errno, os, sys
 import torch
 from megatron_lite.training.main import main
 
-_save, calls = torch.save, []
+_save = torch.save
 
 def _filling_disk(obj, path, *args, **kwargs):
     if "global_step4" in str(path):
@@ -217,12 +217,9 @@ def test_disk_full_during_a_save_is_one_line_and_leaves_no_partial_step(tmp_path
     save = tmp_path / "ckpt"
     cfg = base_config(tmp_path, data_prefix, train_micro_batch_size_per_gpu=4, save=str(save),
                       load=str(save), checkpoint_factor=2, train_iters=6)
-    path, script = tmp_path / "run.yml", tmp_path / "full_disk_train.py"
-    path.write_text(json.dumps(cfg))
-    script.write_text(_FULL_DISK_TRAIN)
-    result = subprocess.run([sys.executable, str(REPO / "deepy.py"), str(script), str(path)],
-                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            capture_output=True, text=True, timeout=300)
+    proc = start_faulty_train(tmp_path, cfg, _FULL_DISK_TRAIN)
+    _, err = proc.communicate(timeout=300)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
     assert result.returncode == 1
     assert (f"no space left on device while saving {save / 'global_step4'}; the last complete "
             "checkpoint is global_step2") in result.stderr

@@ -202,19 +202,21 @@ sys.exit(main())
 """
 
 
+def start_faulty_train(tmp_path: Path, cfg: dict, script_text: str) -> subprocess.Popen:
+    """deepy.py running ``script_text`` (train.py's main with a fault injected around it)."""
+    path, script = tmp_path / "run.yml", tmp_path / "faulty_train.py"
+    path.write_text(json.dumps(cfg))
+    script.write_text(script_text)
+    return subprocess.Popen([sys.executable, str(REPO / "deepy.py"), str(script), str(path)],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_sigkill_during_save_keeps_previous_checkpoint(tmp_path, data_prefix):
     save = tmp_path / "ckpt"
     cfg = base_config(tmp_path, data_prefix, train_micro_batch_size_per_gpu=4, save=str(save),
                       load=str(save), checkpoint_factor=2, train_iters=6)
-    path = tmp_path / "run.yml"
-    path.write_text(json.dumps(cfg))
-    script = tmp_path / "slow_save_train.py"
-    script.write_text(_SLOW_SAVE_TRAIN)
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "deepy.py"), str(script), str(path)],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = start_faulty_train(tmp_path, cfg, _SLOW_SAVE_TRAIN)
     # The pause comes after DeepSpeed wrote global_step4's files, before it is marked complete.
     deadline = time.monotonic() + 120
     while not (save / "global_step4").exists() and time.monotonic() < deadline:
