@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
-from megatron_lite.utils.files import fsync_dir, fsync_tree, unique_tmp_path
+from megatron_lite.utils.files import fsync_dir, fsync_file, fsync_tree, unique_tmp_path
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -126,14 +126,16 @@ def read_step_config(step_dir: str, why: str = "cannot tell the model's shape") 
 
 def finish_step_dir(step_dir: str, config_yaml: str, tokenizer_files: list[str] | None,
                     meta: CheckpointMeta) -> None:
-    """Config, tokenizer copies, then the metadata file last: its presence marks completeness."""
+    """Config, tokenizer copies, then the metadata file last: its presence marks completeness.
+    The weight files must already be on disk (the callers fsync them); these are fsynced here."""
     with open(os.path.join(step_dir, CONFIG_FILE), "w", encoding="utf-8") as handle:
         handle.write(config_yaml)
+    fsync_file(os.path.join(step_dir, CONFIG_FILE))
     if tokenizer_files:
         os.makedirs(os.path.join(step_dir, TOKENIZER_DIR), exist_ok=True)
         for path in tokenizer_files:
             shutil.copy2(path, os.path.join(step_dir, TOKENIZER_DIR, os.path.basename(path)))
-    fsync_tree(step_dir)  # everything above (and the ranks' files) durable before the mark
+        fsync_tree(os.path.join(step_dir, TOKENIZER_DIR))
     tmp = unique_tmp_path(os.path.join(step_dir, META_FILE))
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(meta.to_json())

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megatron_lite.config import ConfigError, dump_yaml, load_unresolved, resolve
-from megatron_lite.config.resources import HostfileError, launch_world_size
+from megatron_lite.config import ConfigError, dump_yaml
+from megatron_lite.config.resources import load_for_launch
 from megatron_lite.utils.logging import setup_logging
 
 
@@ -25,9 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        cfg = load_unresolved(args.configs, args.conf_dir)
-        cfg = resolve(cfg, args.world_size or launch_world_size(cfg))
-    except (ConfigError, HostfileError, OSError) as exc:
+        cfg = load_for_launch(args.configs, args.conf_dir, world_size=args.world_size)
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(dump_yaml(cfg))

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from collections import OrderedDict
 
+from megatron_lite.config import ConfigError, load_unresolved, resolve
 from megatron_lite.config.schema import Config
 from megatron_lite.utils.logging import get_logger
 
@@ -138,3 +139,18 @@ def launch_world_size(cfg: Config) -> int:
         return cfg.parallel.global_num_gpus
     la = cfg.launcher
     return plan_world(la.hostfile, la.num_nodes, la.num_gpus, la.include, la.exclude)[1]
+
+
+def load_for_launch(names: list[str], config_dir: str | None = None,
+                    overrides: dict | None = None, world_size: int | None = None) -> Config:
+    """The merged config, derived for ``world_size`` ranks, or for the world the launcher will
+    start (hostfile, num_nodes, num_gpus, include/exclude or ``global_num_gpus``): what deepy.py
+    and ``python -m megatron_lite.config`` resolve."""
+    cfg = load_unresolved(names, config_dir, overrides)
+    if world_size is None:
+        try:
+            world_size = launch_world_size(cfg)
+        except (HostfileError, OSError) as exc:
+            raise ConfigError(str(exc)) from None
+    return resolve(cfg, world_size)
+

@@ -24,8 +24,8 @@ import sys
 import time
 from typing import Any
 
-from megatron_lite.config import Config, ConfigError, dump_yaml, load_unresolved, resolve
-from megatron_lite.config.resources import HostfileError, launch_world_size, plan_world
+from megatron_lite.config import Config, ConfigError, dump_yaml
+from megatron_lite.config.resources import HostfileError, load_for_launch, plan_world
 from megatron_lite.launcher.environment import write_env_file
 from megatron_lite.launcher.ports import with_rendezvous_port
 from megatron_lite.launcher.worker_args import encode_worker_args
@@ -84,19 +84,6 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.sample_input_file:
         overrides["text_gen_type"] = "input-file"
     return {k: v for k, v in overrides.items() if v is not None}
-
-
-def load_launch_config(names: list[str], config_dir: str | None = None,
-                       overrides: dict[str, Any] | None = None, world_size: int | None = None) -> Config:
-    """The merged config, derived for the world the launcher will start (``world_size`` when
-    given): hostfile, num_nodes, num_gpus, include/exclude or ``global_num_gpus``."""
-    cfg = load_unresolved(names, config_dir, overrides)
-    if world_size is None:
-        try:
-            world_size = launch_world_size(cfg)
-        except (HostfileError, OSError) as exc:
-            raise ConfigError(str(exc)) from None
-    return resolve(cfg, world_size)
 
 
 def _require_prefix(prefix: str, key: str) -> None:
@@ -234,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not os.path.isfile(args.script):
             raise LaunchError(f"script not found: {args.script}")
-        cfg = load_launch_config(args.configs, args.conf_dir, cli_overrides(args))
+        cfg = load_for_launch(args.configs, args.conf_dir, cli_overrides(args))
         check_inputs(cfg, args.script)
         cfg = _choose_port(cfg, args.node_rank)
         run_dir = make_run_dir(cfg, args.script)
