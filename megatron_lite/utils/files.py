@@ -21,23 +21,17 @@ def unique_tmp_path(path: str) -> str:
     return f"{path}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
 
 
-def fsync_dir(path: str) -> None:
-    """Make the directory's entries (new files, renames) durable: after a power loss a name that
-    was renamed into place points at the data it was given."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_file(path: str) -> None:
-    """Make a written file's data durable."""
+    """Make a file's data (or a directory's entries: new files, renames) durable: after a power
+    loss a name that was renamed into place points at the data it was given."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+fsync_dir = fsync_file  # the same call on a directory: its entries
 
 
 def fsync_tree(path: str) -> None:
