@@ -32,7 +32,7 @@ from megatron_lite.checkpoint.weights import read_full_state_dict
 from megatron_lite.config.derived import GLU_ACTIVATIONS
 from megatron_lite.utils.cli import run_reporting_errors
 
-ESSENTIALS = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "intermediate_size",
+ESSENTIALS = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "mlp_inner_size",
               "seq_length", "max_position_embeddings", "pos_emb", "rotary_pct", "norm", "activation",
               "gpt_j_residual", "no_weight_tying", "padded_vocab_size", "tokenizer_type", "precision")
 # Embedding and head rows past the vocabulary are padding, whose count depends on the tp size.

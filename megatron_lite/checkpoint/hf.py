@@ -71,7 +71,7 @@ def hf_config_dict(cfg: ModelConfig, vocab_size: int, eod: int | None, pad: int 
         "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
         "vocab_size": vocab_size, "hidden_size": cfg.hidden_size,
         "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_attention_heads,
-        "intermediate_size": cfg.intermediate_size, "hidden_act": _ACT_TO_HF[cfg.activation],
+        "intermediate_size": cfg.mlp_inner_size, "hidden_act": _ACT_TO_HF[cfg.activation],
         "max_position_embeddings": cfg.max_position_embeddings,
         "rotary_pct": cfg.rotary_pct, "rotary_emb_base": cfg.rotary_emb_base,
         "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.rotary_emb_base),
@@ -112,7 +112,9 @@ def model_keys_from_hf(hf: dict[str, Any], seq_length: int | None = None) -> dic
     max_pos = hf["max_position_embeddings"]
     return {
         "num_layers": hf["num_hidden_layers"], "hidden_size": hf["hidden_size"],
-        "num_attention_heads": hf["num_attention_heads"], "intermediate_size": hf["intermediate_size"],
+        "num_attention_heads": hf["num_attention_heads"],
+        # HF's intermediate_size is the literal width; GPT-NeoX's key of that name is not.
+        "mlp_inner_size": hf["intermediate_size"],
         "seq_length": min(seq_length or max_pos, max_pos), "max_position_embeddings": max_pos,
         "pos_emb": "rotary", "rotary_pct": rotary_pct, "rotary_emb_base": base,
         "gpt_j_residual": bool(hf.get("use_parallel_residual", True)),

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
+from megatron_lite.config.neox_compat import upgrade_stored_config
 from megatron_lite.utils.files import fsync_dir, fsync_file, fsync_tree, unique_tmp_path
 from megatron_lite.utils.logging import get_logger
 
@@ -114,14 +115,15 @@ def read_num_layers(step_dir: str) -> int:
 
 
 def read_step_config(step_dir: str, why: str = "cannot tell the model's shape") -> dict[str, Any]:
-    """The flat config.yml saved with a step (the run's resolved config)."""
+    """The flat config.yml saved with a step (the run's resolved config), in today's meaning
+    when an older megatron_lite wrote it (``upgrade_stored_config``)."""
     import yaml
 
     path = os.path.join(step_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise CheckpointError(f"{step_dir} has no {CONFIG_FILE}: {why}")
     with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        return upgrade_stored_config(yaml.safe_load(handle))
 
 
 def finish_step_dir(step_dir: str, config_yaml: str, tokenizer_files: list[str] | None,

@@ -174,6 +174,12 @@ def load_model_weights(module: nn.Module, cfg: Config, tp_rank: int, pipelined: 
     source_cfg, full, _, _ = load_weights(source, cfg.checkpoint.iteration)
     if is_hf_dir(source):
         check_same_architecture(source, {k: getattr(source_cfg, k) for k in _ARCHITECTURE_KEYS}, cfg)
+    if source_cfg.mlp_inner_size != cfg.model.mlp_inner_size:
+        # Likely a config written for the old meaning of intermediate_size with swiglu/geglu.
+        raise CheckpointError(
+            f"{source}: its MLP width (mlp_inner_size) is {source_cfg.mlp_inner_size}, the config's "
+            f"{cfg.model.mlp_inner_size}: intermediate_size follows GPT-NeoX's rules (docs/model.md); "
+            f"ffn_hidden_size: {source_cfg.mlp_inner_size} sets the width itself")
     full = fit_vocab_rows(full, cfg.model.padded_vocab_size)
     glu = cfg.model.activation in GLU_ACTIVATIONS
     shard = shard_state_dict(full, cfg.parallel.model_parallel_size, tp_rank, glu)
@@ -191,7 +197,7 @@ def load_model_weights(module: nn.Module, cfg: Config, tp_rank: int, pipelined: 
     logger.info("loaded model weights from %s", source)
 
 
-_ARCHITECTURE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+_ARCHITECTURE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "mlp_inner_size",
                       "pos_emb", "rotary_pct", "rotary_emb_base", "gpt_j_residual", "no_weight_tying",
                       "activation", "norm")
 

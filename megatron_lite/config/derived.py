@@ -14,7 +14,7 @@ from typing import Any
 
 from megatron_lite.config.loader import ConfigError
 from megatron_lite.config.neox_compat import SUPPORTED_ATTENTION_TYPES
-from megatron_lite.config.schema import Config
+from megatron_lite.config.schema import Config, ModelConfig
 from megatron_lite.config.validators import (
     check_learning_rate,
     check_ranges,
@@ -132,16 +132,59 @@ def _derive_precision(fp16: dict, bf16: dict, precision: str | None) -> str:
     return precision or from_dicts or "fp32"
 
 
+def gpt_neox_mlp_width(hidden_size: int, activation: str, intermediate_size: int | None = None,
+                       expansion_factor: float | None = None, multiple_of: int = 1) -> int:
+    """The MLP inner width (``dense_4h_to_h``'s input) that GPT-NeoX's ``ParallelMLP`` builds
+    (``megatron/model/transformer.py``):
+
+        width = intermediate_size, else int(expansion_factor * hidden_size), else 4 * hidden_size
+        gated (swiglu, geglu): width = int(width * 2 / 3) // 2   (value and gate share the 2/3)
+        inner = width rounded up to a multiple of mlp_multiple_of
+
+    so llama-7B's ``intermediate_size: 32768`` with ``mlp_multiple_of: 256`` gives 11008. GPT-NeoX
+    rounds its up projection on its own, to a multiple of 2 * mlp_multiple_of; where that is not
+    (2 for gated) x inner, its two projections do not fit and its model fails at the first
+    forward: we build the down projection's width, the one that defines every model it can run.
+    """
+    if intermediate_size:
+        width = intermediate_size
+    elif expansion_factor:
+        width = int(expansion_factor * hidden_size)
+    else:
+        width = 4 * hidden_size
+    if activation in GLU_ACTIVATIONS:
+        width = int(width * 2 / 3) // 2
+    return -(-width // multiple_of) * multiple_of
+
+
+def _derive_mlp_inner_size(m: ModelConfig) -> int | None:
+    """GPT-NeoX's keys decide the width; without them a set ``mlp_inner_size`` (Megatron-LM's
+    ``ffn_hidden_size``, or a resolved config read back) is the literal width."""
+    for key in ("intermediate_size", "mlp_multiple_of", "mlp_inner_size"):
+        if getattr(m, key) is not None and getattr(m, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(m, key)}")
+    if m.expansion_factor is not None and m.expansion_factor <= 0:
+        raise ConfigError(f"expansion_factor must be > 0, got {m.expansion_factor}")
+    if m.intermediate_size is not None and m.expansion_factor is not None:
+        raise ConfigError("set intermediate_size or expansion_factor, not both (GPT-NeoX refuses the pair)")
+    neox_keys = m.intermediate_size is not None or m.expansion_factor is not None or m.mlp_multiple_of != 1
+    if m.hidden_size is None or (m.mlp_inner_size is not None and not neox_keys):
+        return m.mlp_inner_size
+    width = gpt_neox_mlp_width(m.hidden_size, m.activation, m.intermediate_size, m.expansion_factor,
+                               m.mlp_multiple_of)
+    if m.mlp_inner_size is not None and m.mlp_inner_size != width:
+        raise ConfigError(
+            f"mlp_inner_size (ffn_hidden_size) is {m.mlp_inner_size} but intermediate_size "
+            f"{m.intermediate_size}, expansion_factor {m.expansion_factor} and mlp_multiple_of "
+            f"{m.mlp_multiple_of} give {width} (docs/model.md); set one or the other"
+        )
+    return width
+
+
 def _derive_model(cfg: Config) -> Config:
     m, tp = cfg.model, cfg.parallel.model_parallel_size
     max_pos = m.max_position_embeddings or m.seq_length
-    inter = m.intermediate_size
-    if inter is None and m.hidden_size is not None:
-        if m.activation in GLU_ACTIVATIONS:
-            # LLaMA-style: keep the MLP's parameter count close to 4h with three matrices.
-            inter = 64 * math.ceil(int(8 * m.hidden_size / 3) / 64)
-        else:
-            inter = 4 * m.hidden_size
+    inner = _derive_mlp_inner_size(m)
     padded = m.padded_vocab_size
     vocab = _tokenizer_vocab_size(cfg)
     if vocab is not None:
@@ -153,14 +196,19 @@ def _derive_model(cfg: Config) -> Config:
         padded = computed
     return replace(
         cfg,
-        model=replace(m, max_position_embeddings=max_pos, intermediate_size=inter, padded_vocab_size=padded),
+        model=replace(m, max_position_embeddings=max_pos, mlp_inner_size=inner, padded_vocab_size=padded),
     )
 
 
 def _tokenizer_vocab_size(cfg: Config) -> int | None:
-    """The tokenizer's vocabulary size when it can be read cheaply (file present), else None."""
+    """The tokenizer's vocabulary size when it can be read cheaply (file present), else None.
+
+    A tokenizer file that does not parse is a ``ConfigError`` naming it (one line from deepy.py).
+    """
     tok = cfg.tokenizer
-    if tok.tokenizer_type != "CharLevelTokenizer" and not (
+    # GPT-NeoX's TiktokenTokenizer form: an encoding name, read from tiktoken's cache if there.
+    named = tok.tokenizer_type == "TiktokenTokenizer" and tok.vocab_file and not os.path.exists(tok.vocab_file)
+    if tok.tokenizer_type != "CharLevelTokenizer" and not named and not (
         tok.vocab_file and os.path.isfile(tok.vocab_file)
     ):
         return None
@@ -168,7 +216,13 @@ def _tokenizer_vocab_size(cfg: Config) -> int | None:
 
     if tok.merge_file and not os.path.isfile(tok.merge_file):
         return None
-    return vocab_size_of(tok.tokenizer_type, tok.vocab_file, tok.merge_file)
+    try:
+        return vocab_size_of(tok.tokenizer_type, tok.vocab_file, tok.merge_file)
+    except FileNotFoundError:  # a tiktoken vocab_file that is neither a file nor a known name
+        return None
+    except ValueError as exc:  # JSONDecodeError included, whose message names no file
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(msg if tok.vocab_file in msg else f"vocab_file: {tok.vocab_file}: {msg}") from None
 
 
 def _derive_optimizer(cfg: Config) -> Config:
@@ -215,8 +269,9 @@ def validate(cfg: Config) -> None:
                 f"num_kv_heads ({kv}) must divide num_attention_heads ({m.num_attention_heads}) "
                 f"and be divisible by model_parallel_size ({tp})"
             )
-    if m.intermediate_size is not None and m.intermediate_size % tp:
-        raise ConfigError(f"intermediate_size ({m.intermediate_size}) is not divisible by model_parallel_size ({tp})")
+    if m.mlp_inner_size is not None and m.mlp_inner_size % tp:
+        raise ConfigError(f"the MLP width, mlp_inner_size ({m.mlp_inner_size}), is not divisible by "
+                          f"model_parallel_size ({tp})")
     if m.seq_length is not None and m.max_position_embeddings is not None:
         if m.seq_length > m.max_position_embeddings:
             raise ConfigError(

@@ -139,11 +139,14 @@ def _check_size(key: str, value: Any, source: str) -> None:
 def _check_unknown_key(key: str, original: str, value: Any, source: str, known: dict) -> None:
     if key in neox_compat.UNSUPPORTED_KEYS:
         default, feature = neox_compat.UNSUPPORTED_KEYS[key]
-        if value == default or value in (None, {}, [], False):
+        # Shipped GPT-NeoX configs spell "off" many ways: the default, null, empty, false, or a
+        # DeepSpeed section with enabled: false (curriculum_learning, amp).
+        disabled = isinstance(value, dict) and value.get("enabled") is False
+        if value == default or value in (None, {}, [], False) or disabled:
             return
         raise ConfigError(
-            f"{source}: {original}: {short(value)} needs {feature}, a GPT-NeoX feature megatron_lite "
-            f"does not implement; remove the key or set it to {default!r}"
+            f"{source}: {original}: {short(value)} is not implemented in megatron_lite ({feature}); "
+            f"remove the key or set it to {default!r}"
         )
     vocabulary = list(known) + list(neox_compat.ALIASES) + list(neox_compat.IGNORED_KEYS)
     close = difflib.get_close_matches(key, vocabulary, n=3, cutoff=0.6)

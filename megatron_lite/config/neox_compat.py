@@ -2,8 +2,8 @@
 
 Three lists, all consulted by the loader:
 - ``ALIASES``: other spellings of our keys (Megatron-LM names, old GPT-NeoX names);
-- ``IGNORED_KEYS``: GPT-NeoX keys we accept and do not need (kernel fusions, profiling, ...).
-  They are listed once at startup so nobody thinks they had an effect;
+- ``IGNORED_KEYS``: GPT-NeoX keys we accept that do not change what is computed (kernel
+  fusions, profiling, ...). They are listed once at startup so nobody thinks they had an effect;
 - ``SUPPORTED_VALUES`` / ``UNSUPPORTED_KEYS``: GPT-NeoX features we do not implement. Using one
   is an error naming the key and the value, never a silent fallback.
 """
@@ -18,7 +18,7 @@ ALIASES: dict[str, str] = {
     "pipeline_model_parallel_size": "pipe_parallel_size",
     "micro_batch_size": "train_micro_batch_size_per_gpu",
     "global_batch_size": "train_batch_size",
-    "ffn_hidden_size": "intermediate_size",
+    "ffn_hidden_size": "mlp_inner_size",  # Megatron's literal inner width, not GPT-NeoX's intermediate_size
     "num_query_groups": "num_kv_heads",
     "clip_grad": "gradient_clipping",
     "lr_warmup_fraction": "warmup",
@@ -32,78 +32,80 @@ ALIASES: dict[str, str] = {
     "wandb_run": "wandb_run_name",
 }
 
-# Accepted, logged once as ignored: performance switches we do not need (we use SDPA and
-# torch's own fused kernels), DeepSpeed activation-checkpointing knobs, and profiling/debug aids.
+# Accepted, logged once as ignored: keys that do not change what is computed (each group says
+# why). A GPT-NeoX key that changes the numbers is a schema field (implemented) or in
+# UNSUPPORTED_KEYS below (its default accepted, any other value refused).
 IGNORED_KEYS: frozenset[str] = frozenset(
     {
+        # Kernel fusions of the same functions (we use SDPA and torch's own kernels).
         "scaled_upper_triang_masked_softmax_fusion",
         "scaled_masked_softmax_fusion",
-        "bias_gelu_fusion",
         "bias_dropout_fusion",
         "rope_fusion",
         "layernorm_fusion",
+        "rmsnorm_fusion",
         "use_flashattn_swiglu",
+        # GPT-NeoX's fused bias-GeLU computes the tanh approximation of GeLU (within 1e-3 of it);
+        # we compute the exact GeLU, as GPT-NeoX's Hugging Face export (hidden_act "gelu") does.
+        "bias_gelu_fusion",
+        # GPT-NeoX's ONNX-safe GeLU is the erf GeLU, which is ours.
+        "onnx_safe",
+        # The same function in other arithmetic: QK^T divided by the layer number and multiplied
+        # back in the softmax; softmax in fp32 (SDPA's kernels accumulate it in fp32).
+        "apply_query_key_layer_scaling",
+        "attention_softmax_in_fp32",
+        # Activation checkpointing: where saved activations live, not what is computed.
         "partition_activations",
         "synchronize_each_layer",
         "contiguous_checkpointing",
         "checkpoint_in_cpu",
+        "deepspeed_activation_checkpointing",
+        # DeepSpeed's sparse all-reduce of nn.Embedding gradients: the same sum, sent packed.
+        "sparse_gradients",
+        # Profiling, debugging, logging and run metadata.
         "profile_backward",
         "checkpoint_validation_with_forward_pass",
-        "fp32_allreduce",
-        "apply_query_key_layer_scaling",
-        "attention_softmax_in_fp32",
         "gradient_noise_scale_n_batches",
         "gradient_noise_scale_cpu_offload",
         "log_gradient_noise_scale",
         "log_param_norm",
         "log_optimizer_states",
+        "char_level_ppl",
         "profile",
         "profile_step_start",
         "profile_step_stop",
         "memory_profiling",
         "memory_profiling_path",
         "dump_state",
-        "use_checkpoint_lr_scheduler",
-        "override_lr_scheduler",
-        "zero_allow_untested_optimizer",
-        "mmap_warmup",
-        "short_seq_prob",
-        "reset_position_ids",
-        "reset_attention_mask",
-        "eod_mask_loss",
-        "use_shared_fs",
-        "autotuning",
-        "autotuning_run",
-        "comment",
-        "git_hash",
-        "wandb_init_all_ranks",
-        "opt_pos_emb_offset",
-        "amp",
-        "auto_cast",
         "flops_profiler",
         "comms_logger",
-        "curriculum_learning",
-        "sparse_gradients",
-        "prescale_gradients",
-        "gradient_predivide_factor",
-        "dynamic_loss_scale",
-        "onnx_safe",
+        "wandb_init_all_ranks",
+        "comment",
+        "git_hash",
+        # Data-loading speed, and which ranks build the index files.
+        "mmap_warmup",
+        "use_shared_fs",
+        # Keys without effect on what GPT-NeoX computes for GPT training: short_seq_prob is
+        # read by BERT-style datasets only; allow_chopped is ignored with pack_impl "packed"
+        # (the only packing accepted); precompute_model_name serves train_impl dpo/kto and
+        # s3_chunk_size serves s3_path (both refused); deepscale* are deprecated no-ops;
+        # autotuning is inert without autotuning_run (refused); auto_cast belongs to the fp16
+        # section (passed on to DeepSpeed there), not to the top level.
+        "short_seq_prob",
+        "allow_chopped",
+        "precompute_model_name",
+        "s3_chunk_size",
         "deepscale",
         "deepscale_config",
-        "deepspeed_activation_checkpointing",
-        "precompute_model_name",
-        "char_level_ppl",
-        "tokenizer_kwargs",
-        "output_layer_init_method_std",
-        "sequence_parallel",
-        "pack_impl",
-        "allow_chopped",
-        "s3_path",
-        "s3_chunk_size",
-        "hf_upload",
-        "checkpoint_scale",
-        "checkpoint_factor_scale",
-        "keep_last_n_checkpoints_scale",
+        "autotuning",
+        "auto_cast",
+        # dynamic_loss_scale is derived from fp16.loss_scale (0 = dynamic) by GPT-NeoX, as by
+        # DeepSpeed here; zero_allow_untested_optimizer is always on in our DeepSpeed config;
+        # the LR schedule always comes from the config (override_lr_scheduler: true's behaviour;
+        # GPT-NeoX's default refuses a config that differs from the checkpoint's schedule).
+        "dynamic_loss_scale",
+        "zero_allow_untested_optimizer",
+        "override_lr_scheduler",
     }
 )
 
@@ -118,7 +120,8 @@ SUPPORTED_VALUES: dict[str, frozenset[Any]] = {
     "data_impl": frozenset({"mmap"}),
     "lr_decay_style": frozenset({"constant", "linear", "cosine", "exponential"}),
     "tokenizer_type": frozenset(
-        {"HFTokenizer", "HFGPT2Tokenizer", "GPT2BPETokenizer", "CharLevelTokenizer"}
+        {"HFTokenizer", "HFGPT2Tokenizer", "GPT2BPETokenizer", "CharLevelTokenizer", "SPMTokenizer",
+         "TiktokenTokenizer"}
     ),
     "text_gen_type": frozenset({"unconditional", "input-file", "interactive"}),
     "launcher": frozenset({"pdsh", "openmpi", "mvapich", "slurm"}),
@@ -146,9 +149,43 @@ UNSUPPORTED_KEYS: dict[str, tuple[Any, str]] = {
     "te_layernorm_mlp": (False, "TransformerEngine layers"),
     "te_mha": (False, "TransformerEngine layers"),
     "te_fp8_format": (None, "TransformerEngine fp8"),
-    "mlp_multiple_of": (1, "rounding of the MLP width"),
     "context_parallel_size": (1, "context parallelism"),
+    # GPT-NeoX / Megatron-LM keys that change what is computed (or what a run does) when set;
+    # their default is what megatron_lite does (issue #18: none may be accepted and ignored).
+    "sequence_parallel": (False, "sequence parallelism"),
+    "opt_pos_emb_offset": (0, "OPT's offset of learned positions"),
+    "output_layer_init_method_std": (None, "a separate init std of the output layers"),
+    "pack_impl": ("packed", "samples other than packed ones"),
+    "curriculum_learning": (None, "curriculum learning"),
+    "amp": (None, "Apex AMP mixed precision"),
+    "prescale_gradients": (False, "gradient prescaling before the all-reduce"),
+    "gradient_predivide_factor": (1.0, "gradient predivision before the all-reduce"),
+    "use_checkpoint_lr_scheduler": (False, "taking the LR schedule from the checkpoint"),
+    "tokenizer_kwargs": (None, "extra tokenizer arguments"),
+    "autotuning_run": (None, "DeepSpeed autotuning"),
+    "checkpoint_scale": ("linear", "log-scaled checkpoint intervals"),
+    "checkpoint_factor_scale": (None, "scaled checkpoint intervals"),
+    "keep_last_n_checkpoints_scale": (None, "scaled checkpoint retention"),
+    "s3_path": (None, "uploading checkpoints to S3"),
+    "hf_upload": (None, "uploading checkpoints to the Hugging Face Hub"),
+    "sliding_window_width": (None, "sliding-window attention"),
+    "use_bnb_optimizer": (False, "bitsandbytes optimizers"),
 }
 
 # Attention types of GPT-NeoX's attention_config that we run (both are SDPA here).
 SUPPORTED_ATTENTION_TYPES: frozenset[str] = frozenset({"global", "flash"})
+
+
+def upgrade_stored_config(flat: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config saved by an older megatron_lite, in today's meaning.
+
+    Before ``mlp_inner_size`` existed, a resolved config's ``intermediate_size`` was the MLP's
+    literal inner width (GLU activations included); today it is GPT-NeoX's key, from which the
+    width is derived. Every resolved config written since carries ``mlp_inner_size``: its
+    absence marks the old format, whose width moves to ``mlp_inner_size`` unchanged.
+    """
+    if "mlp_inner_size" in flat or flat.get("intermediate_size") is None:
+        return flat
+    upgraded = {k: v for k, v in flat.items() if k != "intermediate_size"}
+    upgraded["mlp_inner_size"] = flat["intermediate_size"]
+    return upgraded

@@ -22,6 +22,10 @@ from megatron_lite.utils.logging import get_logger
 logger = get_logger(__name__)
 
 _LINE = re.compile(r"^(?P<host>\S+)\s+slots\s*=\s*(?P<slots>\d+)\s*$")
+# A host name (RFC 1123 labels, '_' allowed as /etc/hosts does), an IPv4 address or an IPv6 one: the name reaches a remote shell
+# (pdsh, ssh), so anything else, shell syntax included, is refused.
+_HOST = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$"
+                   r"|^[0-9A-Fa-f:]+$")
 
 
 class HostfileError(ValueError):
@@ -42,6 +46,8 @@ def parse_hostfile(path: str) -> OrderedDict[str, int]:
                     f"{path}:{lineno}: expected 'hostname slots=N', got {line.strip()!r}"
                 )
             host, slots = match["host"], int(match["slots"])
+            if not _HOST.match(host) or len(host) > 253:
+                raise HostfileError(f"{path}:{lineno}: {host!r} is not a valid host name")
             if slots < 1:
                 raise HostfileError(f"{path}:{lineno}: slots must be at least 1")
             if host in hosts:

@@ -31,7 +31,10 @@ class ModelConfig:
     num_kv_heads: int | None = f(None, "Key/value heads for grouped-query attention (None = num_attention_heads).")
     seq_length: int | None = f(None, "Training context length in tokens.")
     max_position_embeddings: int | None = f(None, "Longest position the model supports (default seq_length).", derived=True)
-    intermediate_size: int | None = f(None, "MLP inner width (default 4 * hidden_size; 8/3 * hidden rounded for GLU activations).", derived=True)
+    intermediate_size: int | None = f(None, "GPT-NeoX's MLP width key, before its rules (default expansion_factor * hidden_size): swiglu/geglu keep int(2/3 of it) for value and gate together; the width built is mlp_inner_size (docs/model.md).")
+    expansion_factor: float | None = f(None, "GPT-NeoX: intermediate_size as a multiple of hidden_size when intermediate_size is unset (None = 4).")
+    mlp_multiple_of: int = f(1, "GPT-NeoX: round the MLP width up to a multiple of this (its llama configs: 256).")
+    mlp_inner_size: int | None = f(None, "The MLP's inner width as built (dense_4h_to_h's input, HF's intermediate_size): derived from the GPT-NeoX keys above, or set literally (Megatron-LM's ffn_hidden_size is an alias).", derived=True)
     pos_emb: str = f("learned", "Position encoding: rotary, learned, sinusoidal, alibi or none.")
     rotary_pct: float = f(1.0, "Fraction of each head's dimensions that rotary embeddings rotate.")
     rotary_emb_base: int = f(10000, "Base of the rotary frequencies.")
@@ -106,6 +109,7 @@ class TrainingConfig:
     eval_interval: int = f(1000, "Evaluate on the validation split every this many iterations.")
     eval_iters: int = f(100, "Validation batches per evaluation.")
     exit_interval: int | None = f(None, "Save and exit after an iteration divisible by this.")
+    fp32_allreduce: bool = f(False, "All-reduce fp16/bf16 gradients in fp32 (DeepSpeed's communication_data_type: fp32); otherwise in the training precision.")
     compile: bool = f(False, "torch.compile the model (in place: checkpoint names unchanged); the first steps pay the compile.")
     peak_theoretical_tflops: float | None = f(None, "Peak TFLOP/s of one device, to report MFU.")
     steps_per_print: int = f(10, "DeepSpeed's own progress print interval.")
@@ -131,6 +135,9 @@ class DataConfig:
     split: str = f("969,30,1", "Train/valid/test proportions of data_path's documents.")
     data_impl: str = f("mmap", "Dataset format (mmap only).")
     num_workers: int = f(2, "DataLoader worker processes per rank.")
+    eod_mask_loss: bool = f(False, "No loss where the input token is the end-of-document token (GPT-NeoX's key).")
+    reset_position_ids: bool = f(False, "Positions restart at 0 after every end-of-document token of a packed sample, as if each document were alone (Megatron-LM's key).")
+    reset_attention_mask: bool = f(False, "Tokens attend only to their own document within a packed sample: an explicit mask, slower than plain causal attention (Megatron-LM's key).")
     data_cache_dir: str | None = f(None, "Directory for the sample index caches (.npy; default: next to the data). Set it when the data directory is read-only. megatron_lite's own key.")
 
 
@@ -138,8 +145,8 @@ class DataConfig:
 class TokenizerConfig:
     """Which tokenizer reads and writes the text."""
 
-    tokenizer_type: str = f("GPT2BPETokenizer", "HFTokenizer, HFGPT2Tokenizer, GPT2BPETokenizer or CharLevelTokenizer.")
-    vocab_file: str | None = f(None, "tokenizers JSON (HFTokenizer) or GPT-2 vocab.json.")
+    tokenizer_type: str = f("GPT2BPETokenizer", "HFTokenizer, HFGPT2Tokenizer, GPT2BPETokenizer, CharLevelTokenizer, SPMTokenizer or TiktokenTokenizer.")
+    vocab_file: str | None = f(None, "tokenizers JSON (HFTokenizer), GPT-2 vocab.json, SentencePiece tokenizer.model (SPMTokenizer) or .tiktoken rank file (TiktokenTokenizer).")
     merge_file: str | None = f(None, "GPT-2 merges.txt (GPT2BPETokenizer / HFGPT2Tokenizer).")
 
 
@@ -223,6 +230,10 @@ class LauncherConfig:
     launcher: str = f("pdsh", "Multi-node launcher: pdsh, openmpi, mvapich or slurm.")
     deepspeed_extra_args: dict = f({}, "Extra keys merged into the DeepSpeed config.")
     export_env_vars: list | None = f(None, "Environment variables to export to every rank on every node, besides HF_*, WANDB_*, TOKENIZERS_*, CUDA_*, NCCL_*, TORCH_*, OMP_*. megatron_lite's own key.")
+    deepspeed_mpi: bool = f(False, "Ranks read their rank and world size from the MPI launcher's environment (OMPI_COMM_WORLD_*, MV2_COMM_WORLD_*, PMI_*), as GPT-NeoX; used anyway when no RANK is set.")
+    deepspeed_slurm: bool = f(False, "Ranks read their rank and world size from srun's environment (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), as GPT-NeoX; used anyway when no RANK is set.")
+    stop_grace_period: float | None = f(None, "Seconds the ranks get, after a stop signal to deepy.py (SIGTERM, SIGINT, SIGHUP), to save and exit before they are killed (None = as long as the save takes). megatron_lite's own key.")
+    rendezvous_timeout: int = f(600, "Seconds a rank waits for the others at start-up (and for a collective) before failing. megatron_lite's own key.")
     cpu_keep_freed_memory: bool = f(True, "CPU workers: glibc malloc keeps freed memory for reuse (no page faults per step; RSS stays near its peak). megatron_lite's own key.")
 
 

@@ -71,6 +71,10 @@ def _finite_non_negative(v: Any) -> bool:
     return math.isfinite(v) and v >= 0
 
 
+def _finite_positive(v: Any) -> bool:
+    return math.isfinite(v) and v > 0
+
+
 # (section, key, check, what it must be); a None value (unset, derived later) is not checked.
 _RANGES: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
     *(("model", k, _positive, "> 0") for k in (
@@ -83,6 +87,8 @@ _RANGES: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
     ("launcher", "num_gpus", lambda v: v >= 1, ">= 1"),
     ("launcher", "master_port", lambda v: 1 <= v <= 65535, "a port in 1-65535"),
     ("launcher", "num_nodes", lambda v: v == -1 or v >= 1, "-1 (all) or >= 1"),
+    ("launcher", "stop_grace_period", _finite_positive, "finite and > 0 (or unset: no limit)"),
+    ("launcher", "rendezvous_timeout", _positive, "> 0"),
     ("optimizer", "gradient_clipping", _finite_non_negative, "finite and >= 0"),
     ("lr_schedule", "min_lr", _finite_non_negative, "finite and >= 0"),
     ("generation", "maximum_tokens", _positive, "> 0"),

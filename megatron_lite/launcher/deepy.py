@@ -3,40 +3,31 @@
 No torch import here: a bad config, hostfile, script or input file fails in a second with a
 clear message, before the DeepSpeed runner (and its workers) start.
 
-How workers are started:
-- world size 1 without a hostfile: the script runs in this process's place (``exec``), with the
-  rendezvous variables set, so a laptop run has no launcher overhead;
-- otherwise ``python -m deepspeed.launcher.runner`` with hostfile, num_nodes, num_gpus,
-  include/exclude, master_addr/port and launcher (pdsh/openmpi/mvapich/slurm) from the config;
-  on a machine without GPUs it starts ``num_gpus`` CPU processes (gloo);
-- ``--node_rank K``: start only this node's share of a multi-node job with
-  ``deepspeed.launcher.launch`` (what the runner runs on each node over pdsh), for clusters where
-  each node is started by hand or by a scheduler. Two of these on one machine simulate two nodes.
+How workers are started: ``commands.py``. A run of more than one process keeps deepy.py as
+its parent (``supervisor.py``), so that a stop signal to deepy.py stops every rank cleanly.
+Before a multi-node pdsh launch, every host is checked (``hosts.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from megatron_lite.config import Config, ConfigError, dump_yaml
 from megatron_lite.config.resources import HostfileError, load_for_launch, plan_world
+from megatron_lite.launcher.commands import LaunchError, LaunchPlan, describe, launch_plan
 from megatron_lite.launcher.environment import write_env_file
+from megatron_lite.launcher.hosts import HostCheckError, check_hosts, check_shell_safe_paths
 from megatron_lite.launcher.ports import with_rendezvous_port
-from megatron_lite.launcher.worker_args import encode_worker_args
+from megatron_lite.launcher.supervisor import Supervisor
 from megatron_lite.utils.files import atomic_write_text
 from megatron_lite.utils.logging import get_logger
 
 logger = get_logger(__name__)
-
-
-class LaunchError(RuntimeError):
-    """A problem found before launch (missing script, input file, ...)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +93,8 @@ def check_inputs(cfg: Config, script: str) -> None:
     tok = cfg.tokenizer
     for key in ("vocab_file", "merge_file"):
         path = getattr(tok, key)
+        if key == "vocab_file" and tok.tokenizer_type == "TiktokenTokenizer" and os.sep not in (path or ""):
+            continue  # a tiktoken encoding name: resolving the config already found it offline
         if path and not os.path.isfile(path):
             raise LaunchError(f"{key}: {path} not found")
     name = os.path.basename(script)
@@ -156,11 +149,17 @@ def _check_evaluation_inputs(cfg: Config) -> None:
         raise LaunchError(f"eval_references_file: {ev.eval_references_file} not found (a .jsonl of prompt/reference records)")
 
 
-def make_run_dir(cfg: Config, script: str) -> str:
-    """``<log_dir or runs>/<timestamp>-<script>``, holding the resolved config and rank logs."""
+def planned_run_dir(cfg: Config, script: str) -> str:
+    """``<log_dir or runs>/<timestamp>-<script>``: where this run's config and rank logs go."""
     root = cfg.logging.log_dir or "runs"
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = os.path.join(root, f"{stamp}-{os.path.splitext(os.path.basename(script))[0]}")
+    return os.path.abspath(os.path.join(root, f"{stamp}-{os.path.splitext(os.path.basename(script))[0]}"))
+
+
+def make_run_dir(cfg: Config, script: str) -> str:
+    """Create the run directory (a new name: ``-1``, ``-2`` ... for runs started in the same
+    second) holding the resolved config; its absolute path."""
+    base = planned_run_dir(cfg, script)
     run_dir, n = base, 1
     while True:  # makedirs, not an existence check: two deepy processes may start in the same second
         try:
@@ -169,51 +168,30 @@ def make_run_dir(cfg: Config, script: str) -> str:
         except FileExistsError:
             run_dir, n = f"{base}-{n}", n + 1
     atomic_write_text(os.path.join(run_dir, "config.yml"), dump_yaml(cfg))
-    return os.path.abspath(run_dir)
+    return run_dir
 
 
-def launch_command(cfg: Config, script: str, run_dir: str, node_rank: int | None) -> tuple[list[str], dict[str, str]]:
-    """(argv, extra environment) that starts the workers."""
-    la = cfg.launcher
-    hosts, world = plan_world(la.hostfile, la.num_nodes, la.num_gpus, la.include, la.exclude)
-    py = sys.executable
-    tail = [script, *encode_worker_args(cfg, run_dir)]
-    master_addr = la.master_addr or ("127.0.0.1" if list(hosts) == ["localhost"] else next(iter(hosts)))
-    if node_rank is not None:
-        if not 0 <= node_rank < len(hosts):
-            raise LaunchError(f"--node_rank {node_rank} but the hostfile lists {len(hosts)} nodes")
-        world_info = {host: list(range(slots)) for host, slots in hosts.items()}
-        encoded = base64.urlsafe_b64encode(json.dumps(world_info).encode()).decode()
-        return [py, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={encoded}",
-                f"--node_rank={node_rank}", f"--master_addr={master_addr}",
-                f"--master_port={la.master_port}", *tail], {}
-    if world == 1 and list(hosts) == ["localhost"]:
-        env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(la.master_port)}
-        return [py, "-u", *tail], env
-    cmd = [py, "-u", "-m", "deepspeed.launcher.runner", f"--master_port={la.master_port}"]
-    if la.hostfile and os.path.isfile(la.hostfile):
-        cmd += [f"--hostfile={la.hostfile}", f"--launcher={la.launcher}"]
-        if la.num_nodes > 0:
-            cmd.append(f"--num_nodes={la.num_nodes}")
-        cmd.append(f"--master_addr={master_addr}")
-        cmd += [f"--include={la.include}"] if la.include else []
-        cmd += [f"--exclude={la.exclude}"] if la.exclude else []
-        env = {"DS_ENV_FILE": write_env_file(run_dir, os.environ, la.export_env_vars)}
-    else:
-        env = {}
-    if la.num_gpus is not None or not (la.hostfile and os.path.isfile(la.hostfile)):
-        cmd.append(f"--num_gpus={hosts[next(iter(hosts))]}")
-    return cmd + tail, env
+def check_remote_launch(plan: LaunchPlan, script: str, run_dir: str) -> None:
+    """A pdsh launch: every path the remote shell sees is shell-safe, every host answers ssh."""
+    if not plan.pdsh_nodes:
+        return
+    check_shell_safe_paths([("the working directory", os.getcwd()), ("python", sys.executable),
+                            ("the script", script), ("the run directory (log_dir)", run_dir)])
+    check_hosts(plan.hosts)
 
 
-def _choose_port(cfg: Config, node_rank: int | None) -> Config:
+def _choose_rendezvous(cfg: Config, node_rank: int | None) -> Config:
+    """``cfg`` with ``master_port`` and ``master_addr`` chosen and recorded: every rank reads
+    them from its config, including ranks that mpirun or srun start without DeepSpeed's launch."""
     la = cfg.launcher
     hosts, _ = plan_world(la.hostfile, la.num_nodes, la.num_gpus, la.include, la.exclude)
+    single = list(hosts) == ["localhost"]
     try:
-        return with_rendezvous_port(cfg, single_node=list(hosts) == ["localhost"] and node_rank is None)
+        cfg = with_rendezvous_port(cfg, single_node=single and node_rank is None)
     except ValueError as exc:
         raise LaunchError(str(exc)) from None
+    addr = la.master_addr or ("127.0.0.1" if single else next(iter(hosts)))
+    return replace(cfg, launcher=replace(cfg.launcher, master_addr=addr))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,18 +201,28 @@ def main(argv: list[str] | None = None) -> int:
             raise LaunchError(f"script not found: {args.script}")
         cfg = load_for_launch(args.configs, args.conf_dir, cli_overrides(args))
         check_inputs(cfg, args.script)
-        cfg = _choose_port(cfg, args.node_rank)
+        cfg = _choose_rendezvous(cfg, args.node_rank)
+        plan = launch_plan(cfg, args.script, planned_run_dir(cfg, args.script), args.node_rank)
+        if args.dry_run:  # nothing written, nothing started
+            print(describe(plan))
+            return 0
+        check_remote_launch(plan, args.script, planned_run_dir(cfg, args.script))
         run_dir = make_run_dir(cfg, args.script)
-        cmd, env = launch_command(cfg, args.script, run_dir, args.node_rank)
-    except (ConfigError, HostfileError, LaunchError) as exc:
+        plan = launch_plan(cfg, args.script, run_dir, args.node_rank)
+    except (ConfigError, HostfileError, LaunchError, HostCheckError) as exc:
         print(f"deepy.py: error: {exc}", file=sys.stderr)
         return 1
+    if plan.env_file:
+        write_env_file(run_dir, os.environ, cfg.launcher.export_env_vars)
     logger.info("run directory: %s", run_dir)
-    logger.info("launching: %s", " ".join(c if len(c) < 200 else c[:60] + "..." for c in cmd))
-    if args.dry_run:
-        print(" ".join(cmd))
-        return 0
+    logger.info("launching: %s", " ".join(c if len(c) < 200 else c[:60] + "..." for c in plan.cmd))
+    env = {**os.environ, **plan.env}
+    if not plan.in_place:
+        remote = plan.hosts if plan.pdsh_nodes else []
+        scheduler = len(plan.hosts) > 1 and cfg.launcher.launcher != "pdsh" and args.node_rank is None
+        return Supervisor(plan.cmd, env, run_dir, remote, cfg.launcher.stop_grace_period,
+                          scheduler_started=scheduler).run()
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execvpe(cmd[0], cmd, {**os.environ, **env})
+    os.execvpe(plan.cmd[0], plan.cmd, env)
     return 0  # not reached

@@ -1,4 +1,4 @@
-"""The environment every rank on every node receives.
+r"""The environment every rank on every node receives.
 
 DeepSpeed's runner copies only a few variable prefixes to remote nodes (MLFLOW, PYTHON, MV2,
 UCX and the accelerator's own, e.g. NCCL) plus the lines of a ``.deepspeed_env`` file, which it
@@ -6,11 +6,17 @@ looks up by the name in ``DS_ENV_FILE``. So ``HF_HUB_OFFLINE``, ``WANDB_API_KEY`
 were silently dropped on other nodes. deepy writes the variables a run needs into
 ``<run_dir>/deepspeed_env`` and points ``DS_ENV_FILE`` at it (an absolute name: DeepSpeed's
 join with its search paths keeps it as it is).
+
+Values are data, never code: DeepSpeed puts each one into the remote command as ``export
+K="value"`` (double quotes once the value has a character outside ``[\w@%+=:,./-]``), where
+``$``, backquotes, ``"`` and ``\`` would still be interpreted by the remote shell. The file
+holds them backslash-escaped, which inside those double quotes gives the value back exactly.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 from megatron_lite.utils.logging import get_logger
@@ -36,6 +42,12 @@ def exported_variables(environ: Mapping[str, str], extra: list[str] | None = Non
     return chosen
 
 
+def shell_escaped(value: str) -> str:
+    """``value`` with ``\\ $ ` "`` backslash-escaped: inside DeepSpeed's double quotes it is
+    the literal value. The escape also makes DeepSpeed quote it (``\\`` is outside its safe set)."""
+    return re.sub(r'([\\$`"])', r"\\\1", value)
+
+
 def write_env_file(run_dir: str, environ: Mapping[str, str], extra: list[str] | None = None) -> str:
     """``<run_dir>/deepspeed_env`` (``KEY=value`` lines) for DeepSpeed's runner; its path.
     Readable by the owner only: it may hold keys (``WANDB_API_KEY``, ``HF_TOKEN``)."""
@@ -43,5 +55,5 @@ def write_env_file(run_dir: str, environ: Mapping[str, str], extra: list[str] | 
     variables = exported_variables(environ, extra)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write("".join(f"{k}={v}\n" for k, v in sorted(variables.items())))
+        handle.write("".join(f"{k}={shell_escaped(v)}\n" for k, v in sorted(variables.items())))
     return path

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from datetime import timedelta
 
 import torch
@@ -13,6 +14,7 @@ import torch.distributed as dist
 
 from megatron_lite.config import Config, pipe_stages
 from megatron_lite.launcher.allocator import keep_freed_memory
+from megatron_lite.launcher.scheduler_env import SchedulerEnvError
 from megatron_lite.launcher.worker_args import WorkerArgs, parse_worker_args
 from megatron_lite.parallel.state import ParallelState
 from megatron_lite.utils.logging import get_logger, setup_logging
@@ -28,11 +30,12 @@ def device_for(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(cfg: Config, timeout_s: int = 600) -> ParallelState:
+def init_distributed(cfg: Config) -> ParallelState:
     """Initialize torch.distributed (through DeepSpeed's comm layer) and build the groups.
 
     Always initializes, even for one rank, so that the DeepSpeed engine and our code see one
-    kind of world. The backend is gloo without CUDA (nccl cannot run on CPU).
+    kind of world. The backend is gloo without CUDA (nccl cannot run on CPU). A rank waits
+    ``rendezvous_timeout`` seconds for its peers (start-up and every collective), then fails.
     """
     import deepspeed
 
@@ -44,7 +47,7 @@ def init_distributed(cfg: Config, timeout_s: int = 600) -> ParallelState:
     os.environ.setdefault("LOCAL_RANK", "0")
     if not dist.is_initialized():
         deepspeed.init_distributed(
-            dist_backend=backend, timeout=timedelta(seconds=timeout_s), verbose=False
+            dist_backend=backend, timeout=timedelta(seconds=cfg.launcher.rendezvous_timeout), verbose=False
         )
         _unlink_deepspeed_shm_buffer()
     state = ParallelState.build(
@@ -84,14 +87,27 @@ def start_worker(argv: list[str] | None = None) -> tuple[WorkerArgs, ParallelSta
        for reuse (``allocator.py``: no page faults in the step);
     4. build the process group and the parallel groups.
     """
-    args = parse_worker_args(argv)
+    try:
+        args = parse_worker_args(argv)
+    except SchedulerEnvError as exc:  # logging is not set up yet: one plain line
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)
     setup_logging(
         all_ranks=args.cfg.logging.log_all_ranks,
         log_file=os.path.join(args.run_dir, f"rank{args.rank}.log"),
     )
     if not torch.cuda.is_available() and args.cfg.launcher.cpu_keep_freed_memory:
         keep_freed_memory()
-    return args, init_distributed(args.cfg)
+    try:
+        return args, init_distributed(args.cfg)
+    except dist.DistError as exc:  # the rendezvous: a peer never came (or the address is wrong)
+        logger.error("rank %d of %d: no rendezvous with the other ranks at %s:%s within "
+                     "rendezvous_timeout=%ss (did every node start? their logs say why): %s",
+                     args.rank, args.world_size, os.environ.get("MASTER_ADDR"),
+                     os.environ.get("MASTER_PORT"), args.cfg.launcher.rendezvous_timeout,
+                     str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        finish_worker(1)
+        raise  # not reached
 
 
 def finish_worker(code: int) -> None:
@@ -100,7 +116,6 @@ def finish_worker(code: int) -> None:
     occasionally abort the process ("terminate called without an active exception") after all
     work is done; the results are already on disk by then, so skip that teardown."""
     import logging
-    import sys
 
     if dist.is_initialized() and code == 0:
         dist.barrier()

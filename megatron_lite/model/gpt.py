@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from megatron_lite.config.model_size import count_parameters, flops_per_token
 from megatron_lite.config.schema import ModelConfig
 from megatron_lite.model.embedding import Embedding, LMHead
 from megatron_lite.model.kv_cache import KVCache
@@ -25,7 +26,7 @@ logger = get_logger(__name__)
 def check_model_config(cfg: ModelConfig) -> None:
     """The model needs its shape and padded vocabulary (derived from the tokenizer)."""
     missing = [k for k in ("num_layers", "hidden_size", "num_attention_heads", "seq_length",
-                           "padded_vocab_size", "intermediate_size", "max_position_embeddings")
+                           "padded_vocab_size", "mlp_inner_size", "max_position_embeddings")
                if getattr(cfg, k) is None]
     if missing:
         raise ValueError(f"model config is missing {', '.join(missing)}")
@@ -97,34 +98,6 @@ class GPTModel(nn.Module):
 
             x = checkpoint(run, x, position_ids)
         return x
-
-
-def count_parameters(cfg: ModelConfig) -> int:
-    """Parameters of the whole model (all tensor/pipeline ranks together)."""
-    h, ff, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
-    heads = cfg.num_attention_heads
-    kv = cfg.num_kv_heads or heads
-    hd = h // heads
-    norm = h * (2 if cfg.norm == "layernorm" and cfg.use_bias_in_norms else 1)
-    attn_b, mlp_b = cfg.use_bias_in_attn_linear, cfg.use_bias_in_mlp
-    glu = 2 if cfg.activation in ("swiglu", "geglu") else 1
-    qkv = h * (heads + 2 * kv) * hd + ((heads + 2 * kv) * hd if attn_b else 0)
-    dense = h * h + (h if attn_b else 0)
-    mlp = h * ff * glu + (ff * glu if mlp_b else 0) + ff * h + (h if mlp_b else 0)
-    per_layer = qkv + dense + mlp + 2 * norm
-    embed = cfg.padded_vocab_size * h + (cfg.max_position_embeddings * h if cfg.pos_emb == "learned" else 0)
-    head = 0 if not cfg.no_weight_tying else cfg.padded_vocab_size * h
-    return embed + layers * per_layer + norm + head
-
-
-def flops_per_token(cfg: ModelConfig) -> float:
-    """Training FLOPs per token (forward + backward) as GPT-NeoX and Megatron count them for
-    MFU: ``72 L h^2 (1 + s / (6 h) + V / (16 L h))`` (Narayanan et al. 2021, per token).
-
-    Activation recomputation is not counted: these are model FLOPs, not hardware FLOPs.
-    """
-    h, layers, s, v = cfg.hidden_size, cfg.num_layers, cfg.seq_length, cfg.padded_vocab_size
-    return 72.0 * layers * h * h * (1.0 + s / (6.0 * h) + v / (16.0 * layers * h))
 
 
 def log_model_size(cfg: ModelConfig) -> None:

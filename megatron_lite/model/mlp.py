@@ -15,11 +15,14 @@ _ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "swiglu": F.silu
 
 
 class ParallelMLP(nn.Module):
-    """h -> intermediate (-> x2 for GLU: [value; gate]) -> h. Names follow GPT-NeoX."""
+    """h -> mlp_inner_size (x2 for GLU: [value; gate]) -> h. Names follow GPT-NeoX.
+
+    ``mlp_inner_size`` is the width derived from GPT-NeoX's keys (config/derived.py), not the
+    raw ``intermediate_size``."""
 
     def __init__(self, cfg: ModelConfig, state: ParallelState, layer_number: int, seed: int) -> None:
         super().__init__()
-        h, ff = cfg.hidden_size, cfg.intermediate_size
+        h, ff = cfg.hidden_size, cfg.mlp_inner_size
         self.glu = cfg.activation in ("swiglu", "geglu")
         self.act = _ACTIVATIONS[cfg.activation]
         std = init_std(cfg.init_method, cfg.init_method_std, h, cfg.num_layers)

@@ -1,7 +1,9 @@
 """The GPT model as a list of DeepSpeed layer specs, for ``PipelineModule``.
 
-Stages pass one tensor, the hidden state [b, s, h]; positions are recomputed from its length
-(GPT-NeoX does not reset positions at document boundaries). Spec index -> GPTModel name:
+Stages pass one tensor, the hidden state [b, s, h], and positions are recomputed from its
+length; only when documents reset positions or attention (``reset_position_ids`` /
+``reset_attention_mask``) do they pass ``(hidden, position_ids [b, s][, attention_mask
+[b, 1, s, s] bool])`` instead, as GPT-NeoX's pipeline passes its mask. Spec index -> GPTModel name:
 
     0            embedding.*        (TiedLayerSpec "embed" when the head is tied)
     1 .. L       layers.{i-1}.*
@@ -26,23 +28,48 @@ from megatron_lite.model.transformer import TransformerLayer
 from megatron_lite.parallel.mappings import copy_to_region
 from megatron_lite.parallel.state import ParallelState
 
+Activation = torch.Tensor | tuple[torch.Tensor, ...]  # what one stage hands the next
+
+
+def _split(inputs: Activation) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(tokens or hidden state, extras): extras is () or (position_ids[, attention_mask])."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs, ()
+    return inputs[0], tuple(inputs[1:])
+
+
+def _positions(x: torch.Tensor, extras: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return extras[0] if extras else default_position_ids(x)  # [b, s] or [1, s]
+
 
 class EmbeddingPipe(Embedding):
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # tokens [b, s] -> [b, s, h]
-        return super().forward(tokens, default_position_ids(tokens))
+    def forward(self, inputs: Activation) -> Activation:  # tokens [b, s] -> [b, s, h] (+ extras)
+        tokens, extras = _split(inputs)
+        x = super().forward(tokens, _positions(tokens, extras))
+        return (x, *extras) if extras else x
 
 
 class TransformerLayerPipe(TransformerLayer):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [b, s, h] -> [b, s, h]
-        return super().forward(x, default_position_ids(x))
+    def forward(self, inputs: Activation) -> Activation:  # [b, s, h] -> [b, s, h] (+ extras)
+        x, extras = _split(inputs)
+        mask = extras[1] if len(extras) > 1 else None
+        x = super().forward(x, _positions(x, extras), None, mask)
+        return (x, *extras) if extras else x
 
 
 class LayerNormPipe(nn.LayerNorm):
-    """Final LayerNorm as a pipeline layer (parameters named weight/bias, as GPTModel's)."""
+    """Final LayerNorm as a pipeline layer (parameters named weight/bias, as GPTModel's); the
+    head after it needs the hidden state only."""
+
+    def forward(self, inputs: Activation) -> torch.Tensor:
+        return super().forward(_split(inputs)[0])
 
 
 class RMSNormPipe(nn.RMSNorm):
     """Final RMSNorm as a pipeline layer."""
+
+    def forward(self, inputs: Activation) -> torch.Tensor:
+        return super().forward(_split(inputs)[0])
 
 
 class LMHeadPipe(LMHead):

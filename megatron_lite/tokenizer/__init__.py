@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from megatron_lite.tokenizer.spm_tokenizer import SPMTokenizer
+from megatron_lite.tokenizer.tiktoken_tokenizer import TiktokenTokenizer
 from megatron_lite.tokenizer.tokenizer_types import (
     EOD_TOKEN,
     PAD_TOKEN,
@@ -19,12 +21,14 @@ from megatron_lite.tokenizer.tokenizer_types import (
     gpt2_files,
 )
 
-TOKENIZER_TYPES = ("HFTokenizer", "HFGPT2Tokenizer", "GPT2BPETokenizer", "CharLevelTokenizer")
-_NOT_IMPLEMENTED = ("SPMTokenizer", "TiktokenTokenizer")  # GPT-NeoX types we lack
+# Every GPT-NeoX tokenizer_type. SPMTokenizer and TiktokenTokenizer import their libraries
+# (sentencepiece, tiktoken) only when built.
+TOKENIZER_TYPES = ("HFTokenizer", "HFGPT2Tokenizer", "GPT2BPETokenizer", "CharLevelTokenizer",
+                   "SPMTokenizer", "TiktokenTokenizer")
 
 __all__ = ["TOKENIZER_TYPES", "build_tokenizer", "build_tokenizer_from", "canonical_type",
            "vocab_size_of", "CharLevelTokenizer", "GPT2BPETokenizer", "HFGPT2Tokenizer",
-           "HFTokenizer", "EOD_TOKEN", "PAD_TOKEN"]
+           "HFTokenizer", "SPMTokenizer", "TiktokenTokenizer", "EOD_TOKEN", "PAD_TOKEN"]
 
 
 def canonical_type(tokenizer_type: str | None) -> str:
@@ -32,9 +36,6 @@ def canonical_type(tokenizer_type: str | None) -> str:
     for known in TOKENIZER_TYPES:
         if tokenizer_type and tokenizer_type.lower() == known.lower():
             return known
-    if tokenizer_type and tokenizer_type.lower() in (t.lower() for t in _NOT_IMPLEMENTED):
-        raise ValueError(f"tokenizer_type: {tokenizer_type!r} is a GPT-NeoX type megatron_lite does "
-                         f"not implement (use one of {', '.join(TOKENIZER_TYPES)})")
     raise ValueError(f"tokenizer_type: {tokenizer_type!r} is not one of {', '.join(TOKENIZER_TYPES)}")
 
 
@@ -42,12 +43,16 @@ def build_tokenizer_from(tokenizer_type: str, vocab_file: str | None = None,
                          merge_file: str | None = None) -> Any:
     """A tokenizer of ``tokenizer_type`` from local files (never downloaded).
 
-    Raises ``ValueError`` for an unknown type or a missing setting, ``FileNotFoundError`` for a
-    file that does not exist; both name the type and the file.
+    Raises ``ValueError`` for an unknown type, a missing setting or a file that does not parse,
+    ``FileNotFoundError`` for a file that does not exist; both name the type or the file.
     """
     kind = canonical_type(tokenizer_type)
     if kind == "CharLevelTokenizer":
         return CharLevelTokenizer()
+    if kind == "SPMTokenizer":
+        return SPMTokenizer(vocab_file)
+    if kind == "TiktokenTokenizer":
+        return TiktokenTokenizer(vocab_file)
     if kind == "HFTokenizer":
         return HFTokenizer(vocab_file)
     if kind == "GPT2BPETokenizer":
@@ -63,7 +68,8 @@ def build_tokenizer(cfg: Any) -> Any:
 
 def vocab_size_of(tokenizer_type: str, vocab_file: str | None, merge_file: str | None = None) -> int:
     """The tokenizer's ``vocab_size`` (special tokens included), which ``padded_vocab_size`` is
-    derived from, read from the JSON files without building the tokenizer.
+    derived from, read from the JSON files without building the tokenizer (SPMTokenizer and
+    TiktokenTokenizer: built, as only their libraries read those files).
 
     Equal to ``build_tokenizer_from(...).vocab_size``: the number of distinct tokens in the
     model's vocabulary and the added tokens (``tokenizers``' ``get_vocab_size()``).
@@ -71,6 +77,8 @@ def vocab_size_of(tokenizer_type: str, vocab_file: str | None, merge_file: str |
     kind = canonical_type(tokenizer_type)
     if kind == "CharLevelTokenizer":
         return CharLevelTokenizer.vocab_size
+    if kind in ("SPMTokenizer", "TiktokenTokenizer"):  # binary/rank files: the library reads them
+        return build_tokenizer_from(kind, vocab_file).vocab_size
     if kind == "HFTokenizer":
         vocab_file = _require(vocab_file, "vocab_file", kind, "a tokenizers JSON file")
         with open(vocab_file, encoding="utf-8") as handle:

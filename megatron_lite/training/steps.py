@@ -3,7 +3,7 @@ per-interval training record (tokens/s, TFLOP/s, MFU, memory).
 
 The functions take what they use, not the Trainer:
 
-    batches = micro_batches(loader_iter, eod_id, engine.device)   # (tokens, labels, loss_mask)
+    batches = micro_batches(loader_iter, eod_id, engine.device)   # (tokens, labels, loss_mask, None, None)
     result = train_step(engine, schedule, batches, state, pipelined)
     loss = evaluate(engine, batches, state, pipelined, num_batches)
     record = training_record(window, progress, tokens_per_step, cfg.model, peak_tflops)
@@ -21,13 +21,15 @@ import torch
 import torch.distributed as dist
 
 from megatron_lite.config.schema import ModelConfig
-from megatron_lite.data.loaders import get_batch
+from megatron_lite.data.loaders import document_attention_mask, get_batch
 from megatron_lite.model.gpt import flops_per_token
 from megatron_lite.parallel.cross_entropy import masked_mean_loss
 from megatron_lite.parallel.state import ParallelState
 from megatron_lite.training.lr_schedule import AnnealingLR
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # tokens, labels, loss_mask: [b, s] each
+# tokens, labels, loss_mask [b, s] each; position_ids [b, s] and attention_mask [b, 1, s, s] (bool)
+# only when documents reset positions or attention, else None (the model's fast defaults).
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
 
 @dataclass
@@ -86,21 +88,43 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def _to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
-    return tuple(t.to(device, non_blocking=True) for t in batch)
+def _to_device(batch: tuple[torch.Tensor | None, ...], device: torch.device) -> tuple[torch.Tensor | None, ...]:
+    return tuple(None if t is None else t.to(device, non_blocking=True) for t in batch)
 
 
-def micro_batches(it: Iterator[dict], eod_id: int | None, device: torch.device) -> Iterator[Batch]:
-    """Loader samples -> (tokens, labels, loss_mask) micro batches on ``device``."""
+def micro_batches(it: Iterator[dict], eod_id: int | None, device: torch.device, *,
+                  eod_mask_loss: bool = False, reset_position_ids: bool = False,
+                  reset_attention_mask: bool = False) -> Iterator[Batch]:
+    """Loader samples -> :data:`Batch` micro batches on ``device`` (the data keys of the same
+    names: GPT-NeoX's ``eod_mask_loss``, Megatron-LM's ``reset_position_ids`` and
+    ``reset_attention_mask``)."""
+    resets = reset_position_ids or reset_attention_mask
+    if (eod_mask_loss or resets) and eod_id is None:
+        raise ValueError("eod_mask_loss, reset_position_ids and reset_attention_mask need the "
+                         "tokenizer's eod id")
     while True:
-        tokens, labels, loss_mask, _ = get_batch(next(it), eod_id=eod_id)
-        yield _to_device((tokens, labels, loss_mask), device)
+        tokens, labels, loss_mask, position_ids = get_batch(
+            next(it), eod_id=eod_id, eod_mask_loss=eod_mask_loss, reset_position_ids=reset_position_ids)
+        mask = document_attention_mask(tokens, eod_id) if reset_attention_mask and eod_id is not None else None
+        # Positions travel only when they may differ per row; the model builds [1, s] otherwise.
+        positions = position_ids.contiguous() if resets else None
+        yield _to_device((tokens, labels, loss_mask, positions, mask), device)
 
 
 def _pipe_iter(batches: Iterator[Batch]) -> Iterator[tuple[Any, Any]]:
-    # DeepSpeed's pipeline feeds batch[0] to the first stage and batch[1] to the loss.
-    for tokens, labels, loss_mask in batches:
-        yield tokens, (labels, loss_mask)
+    # DeepSpeed's pipeline feeds batch[0] to the first stage and batch[1] to the loss. The first
+    # stage gets the tokens alone, or (tokens, position_ids[, attention_mask]): None cannot
+    # travel between stages (model/pipeline.py).
+    for tokens, labels, loss_mask, position_ids, attention_mask in batches:
+        extras = tuple(t for t in (position_ids, attention_mask) if t is not None)
+        yield ((tokens, *extras) if extras else tokens), (labels, loss_mask)
+
+
+def _micro_loss(engine: Any, batch: Batch, state: ParallelState) -> torch.Tensor:
+    """Masked mean loss of one micro batch through the plain (not pipelined) engine."""
+    tokens, labels, loss_mask, position_ids, attention_mask = batch
+    logits = engine(tokens, position_ids, attention_mask=attention_mask)  # [b, s, v/tp]
+    return masked_mean_loss(logits, labels, loss_mask, state)
 
 
 def _dp_mean(value: torch.Tensor, state: ParallelState) -> torch.Tensor:
@@ -121,8 +145,7 @@ def train_step(engine: Any, schedule: AnnealingLR, batches: Iterator[Batch], sta
     else:
         total = torch.zeros((), device=engine.device)
         for _ in range(engine.gradient_accumulation_steps()):
-            tokens, labels, loss_mask = next(batches)
-            loss = masked_mean_loss(engine(tokens), labels, loss_mask, state)
+            loss = _micro_loss(engine, next(batches), state)
             engine.backward(loss)
             engine.step()
             total += loss.detach().float()
@@ -143,8 +166,8 @@ def evaluate(engine: Any, batches: Iterator[Batch], state: ParallelState, pipeli
                 loss = engine.eval_batch(data_iter=_pipe_iter(batches))
                 losses.append(float(loss.detach().float().cpu().item()))
             else:
-                micro = [masked_mean_loss(engine(t), lab, m, state).float()
-                         for t, lab, m in (next(batches) for _ in range(engine.gradient_accumulation_steps()))]
+                micro = [_micro_loss(engine, next(batches), state).float()
+                         for _ in range(engine.gradient_accumulation_steps())]
                 losses.append(float(_dp_mean(torch.stack(micro).mean(), state).item()))
     finally:
         engine.train()

@@ -84,6 +84,11 @@ class Trainer:
             raise TrainingError("set train_iters or train_epochs")
         if cfg.checkpoint.save is None:
             logger.warning("no `save` directory: this run will not write checkpoints")
+        eod_keys = [k for k in ("eod_mask_loss", "reset_position_ids", "reset_attention_mask")
+                    if getattr(cfg.data, k)]
+        if eod_keys and getattr(self.tokenizer, "eod", None) is None:
+            raise TrainingError(f"{', '.join(eod_keys)} need the tokenizer's end-of-document id, "
+                                f"and {cfg.tokenizer.tokenizer_type} has none")
 
     def _build_data(self) -> None:
         cfg, tr = self.cfg, self.cfg.training
@@ -159,7 +164,11 @@ class Trainer:
         )
         if loader is None:
             return None
-        return steps.micro_batches(iter(loader), getattr(self.tokenizer, "eod", None), self.engine.device)
+        data = self.cfg.data
+        return steps.micro_batches(
+            iter(loader), getattr(self.tokenizer, "eod", None), self.engine.device,
+            eod_mask_loss=data.eod_mask_loss, reset_position_ids=data.reset_position_ids,
+            reset_attention_mask=data.reset_attention_mask)
 
     # ---- the loop ------------------------------------------------------------------------------
     def train(self) -> int:
@@ -285,7 +294,8 @@ class Trainer:
             logger.warning("received signal %d: saving a checkpoint after this iteration", signum)
             self.stop_signal = signum
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP: a closed terminal or an ended job step, treated as a request to stop.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, handler)
 
 

@@ -12,8 +12,9 @@ VARIANTS = {
     "sequential": {"gpt_j_residual": False, "pos_emb": "rotary", "rotary_pct": 0.25},
     "parallel_residual": {"gpt_j_residual": True, "pos_emb": "rotary", "no_weight_tying": True},
     "gqa": {"num_kv_heads": 4, "pos_emb": "rotary"},
+    # intermediate_size 576 -> GPT-NeoX's gated width 192, divisible by tp 4 (its default, 85, is not)
     "swiglu_alibi_rms": {"activation": "swiglu", "pos_emb": "alibi", "norm": "rmsnorm",
-                          "use_bias_in_mlp": False},
+                          "use_bias_in_mlp": False, "intermediate_size": 576},
     "learned_untied": {"pos_emb": "learned", "no_weight_tying": True},
 }
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.distributed.spawn import free_port
+from tests.integration.common import resolved_config_of
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT = "tests/scripts/report_parallel_state.py"
@@ -130,9 +131,23 @@ def test_dry_run_builds_the_multi_node_runner_command(tmp_path):
     for part in ("-m deepspeed.launcher.runner", f"--hostfile={hostfile}", "--launcher=slurm",
                  "--num_nodes=2", "--master_port=12345", "--master_addr=worker-1", REPORT):
         assert part in cmd
-    run_dir = next((tmp_path / "logs").iterdir())
-    resolved = (run_dir / "config.yml").read_text()
+    resolved = resolved_config_of(result.stdout)
     assert "global_num_gpus: 16" in resolved and "data_parallel_size: 4" in resolved
+    assert not (tmp_path / "logs").exists()  # a dry run writes nothing
+
+
+def test_dry_run_prints_what_each_pdsh_node_runs(tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("worker-1 slots=2\nworker-2 slots=2\n")
+    cfg = write_config(tmp_path, hostfile=str(hostfile), master_port=12345)
+    result = deepy(REPORT, cfg, "--dry_run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert "--launcher=pdsh" in lines[0] and len(lines) == 3
+    for rank, host in enumerate(("worker-1", "worker-2")):
+        assert lines[1 + rank].startswith(f"# node {rank} ({host}) runs, over pdsh: cd ")
+        assert "-m deepspeed.launcher.launch --world_info=" in lines[1 + rank]
+        assert f"--node_rank={rank} --master_addr=worker-1 --master_port=12345" in lines[1 + rank]
 
 
 def test_cli_options_override_config(tmp_path):
@@ -143,7 +158,7 @@ def test_cli_options_override_config(tmp_path):
                    "--eval_tasks", "piqa", "lambada_openai", "--iteration", "3",
                    "--wandb_group", "g1")
     assert result.returncode == 0, result.stderr
-    resolved = next((tmp_path / "logs").iterdir()).joinpath("config.yml").read_text()
+    resolved = resolved_config_of(result.stdout)
     for line in ("text_gen_type: input-file", f"sample_input_file: {prompts}",
                  "sample_output_file: out.jsonl", "iteration: 3", "wandb_group: g1"):
         assert line in resolved

@@ -47,7 +47,7 @@ def source(tmp_path_factory) -> Path:
                             special_tokens=["<|endoftext|>", "<|padding|>"])
     tok.save(str(root / "tokenizer.json"))
     flat = {"num_layers": LAYERS, "hidden_size": HIDDEN, "num_attention_heads": 8, "num_kv_heads": 4,
-            "intermediate_size": FFN, "activation": "swiglu", "no_weight_tying": True, "seq_length": 16,
+            "ffn_hidden_size": FFN, "activation": "swiglu", "no_weight_tying": True, "seq_length": 16,
             "pos_emb": "rotary", "tokenizer_type": "HFTokenizer", "vocab_file": str(root / "tokenizer.json"),
             "make_vocab_size_divisible_by": 128, "model_parallel_size": 2, "pipe_parallel_size": 2,
             "train_batch_size": 16, "optimizer": {"type": "Adam", "params": {"lr": 0.001}}}

@@ -59,7 +59,9 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.mark.parametrize("tp", [1, 2, 4])
-@pytest.mark.parametrize("keys", [{}, {"activation": "swiglu", "num_kv_heads": 4, "no_weight_tying": True}],
+# intermediate_size 384: GPT-NeoX's gated width 128, divisible by every tp here.
+@pytest.mark.parametrize("keys", [{}, {"activation": "swiglu", "intermediate_size": 384, "num_kv_heads": 4,
+                                       "no_weight_tying": True}],
                          ids=["gelu-mha-tied", "swiglu-gqa-untied"])
 def test_write_read_round_trip_and_shards_match_tp_models(tmp_path, tp, keys):
     cfg = make_config(**keys)

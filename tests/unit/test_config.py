@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from megatron_lite.config import (
     ConfigError,
@@ -196,8 +197,9 @@ def test_precision_lr_and_decay_iters_are_derived():
     assert cfg.optimizer.lr == 0.001
     assert cfg.lr_schedule.lr_decay_iters == 10
     assert cfg.model.max_position_embeddings == 32
-    assert cfg.model.intermediate_size == 256
-    assert resolved(activation="swiglu").model.intermediate_size == 192
+    assert cfg.model.mlp_inner_size == 256
+    # GPT-NeoX's gated default: value and gate share int(2/3 * 4h) = 170, 85 each.
+    assert resolved(activation="swiglu").model.mlp_inner_size == 85
 
 
 # ---- validation --------------------------------------------------------------------------------
@@ -387,3 +389,62 @@ def test_a_nested_value_where_a_number_belongs_is_one_short_line(tmp_path):
     with pytest.raises(ConfigError, match="num_layers must be int, got") as info:
         load_config([path], world_size=1)
     assert len(str(info.value)) < 200
+
+
+# ---- the MLP width: GPT-NeoX's keys, Megatron-LM's ffn_hidden_size, --summary ----------------------
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ({}, 256),  # 4h
+    ({"expansion_factor": 2.5}, 160),  # int(2.5 h)
+    ({"intermediate_size": 300}, 300),  # plain MLP: the width itself
+    ({"intermediate_size": 300, "mlp_multiple_of": 128}, 384),
+    ({"activation": "swiglu"}, 85),  # int(2/3 * 256) = 170 for value and gate together
+    ({"activation": "geglu", "expansion_factor": 6}, 128),  # int(2/3 * 384) // 2
+    ({"activation": "swiglu", "intermediate_size": 512, "mlp_multiple_of": 32}, 192),  # 170 -> 192
+    ({"activation": "swiglu", "hidden_size": 4096, "intermediate_size": 32768, "mlp_multiple_of": 256}, 11008),
+    ({"activation": "swiglu", "hidden_size": 8192, "intermediate_size": 86016, "mlp_multiple_of": 256}, 28672),
+    # GPT-NeoX's up projection would round 85 to 86 rows but its down projection take 42: its
+    # model cannot run; we build the down projection's width.
+    ({"activation": "swiglu", "hidden_size": 32}, 42),
+    ({"activation": "swiglu", "ffn_hidden_size": 192}, 192),  # Megatron-LM: the literal width
+    ({"activation": "swiglu", "ffn_hidden_size": 192, "intermediate_size": 576}, 192),  # agree
+])
+def test_mlp_width_follows_gpt_neox(keys, expected):
+    cfg = resolved(**keys)
+    assert cfg.model.mlp_inner_size == expected
+    assert cfg.model.intermediate_size == keys.get("intermediate_size")  # GPT-NeoX's key, as given
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ({"intermediate_size": 512, "expansion_factor": 2.0}, "intermediate_size or expansion_factor, not both"),
+    ({"activation": "swiglu", "ffn_hidden_size": 192, "intermediate_size": 512}, "mlp_inner_size \\(ffn_hidden_size\\) is 192 but .* give 170"),
+    ({"mlp_multiple_of": 0}, "mlp_multiple_of must be >= 1"),
+    ({"expansion_factor": 0}, "expansion_factor must be > 0"),
+    ({"intermediate_size": 0}, "intermediate_size must be >= 1"),
+    ({"activation": "swiglu", "model_parallel_size": 2}, "mlp_inner_size \\(85\\), is not divisible by model_parallel_size \\(2\\)"),
+])
+def test_contradictory_mlp_keys_are_errors(keys, expected):
+    world = keys.get("model_parallel_size", 1)
+    with pytest.raises(ConfigError, match=expected):
+        resolved(world_size=world, **keys)
+
+
+def test_resolved_llama_style_config_loads_back_to_the_same_config(tmp_path):
+    cfg = resolved(activation="swiglu", intermediate_size=512, mlp_multiple_of=32)
+    path = tmp_path / "resolved.yml"
+    path.write_text(dump_yaml(cfg))
+    assert "mlp_inner_size: 192" in path.read_text()
+    assert load_config([str(path)], world_size=1) == cfg
+
+
+def test_an_old_stored_config_keeps_its_literal_mlp_width():
+    from megatron_lite.config.neox_compat import upgrade_stored_config
+
+    # Written before mlp_inner_size existed: intermediate_size was the built width, GLU or not.
+    old = {**BASE, "activation": "swiglu", "intermediate_size": 192}
+    new = upgrade_stored_config(old)
+    assert "intermediate_size" not in new and new["mlp_inner_size"] == 192
+    assert resolve(config_from_flat(new), 1).model.mlp_inner_size == 192
+    today = dump_yaml(resolved(activation="swiglu", intermediate_size=576))
+    assert upgrade_stored_config(yaml.safe_load(today)) == yaml.safe_load(today)  # unchanged

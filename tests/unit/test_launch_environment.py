@@ -3,12 +3,17 @@ run needs into the run directory's deepspeed_env and points DeepSpeed's runner a
 
 from __future__ import annotations
 
+import argparse
 import os
+import shlex
 import stat
+import subprocess
+
+import pytest
 
 from megatron_lite.config import config_from_flat, resolve
-from megatron_lite.launcher import deepy
-from megatron_lite.launcher.environment import exported_variables
+from megatron_lite.launcher.commands import launch_plan
+from megatron_lite.launcher.environment import exported_variables, shell_escaped, write_env_file
 
 
 def test_multi_node_runs_export_hf_wandb_and_listed_variables(tmp_path, monkeypatch):
@@ -20,11 +25,13 @@ def test_multi_node_runs_export_hf_wandb_and_listed_variables(tmp_path, monkeypa
     monkeypatch.setenv("UNRELATED", "x")
     cfg = resolve(config_from_flat({"num_layers": 1, "hostfile": str(hostfile), "master_port": 12345,
                                     "export_env_vars": ["MY_SETTING"]}), 4)
-    cmd, env = deepy.launch_command(cfg, "train.py", str(tmp_path), None)
-    assert "deepspeed.launcher.runner" in " ".join(cmd)
-    env_file = env["DS_ENV_FILE"]
+    plan = launch_plan(cfg, "train.py", str(tmp_path), None)
+    assert "deepspeed.launcher.runner" in " ".join(plan.cmd)
+    env_file = plan.env["DS_ENV_FILE"]
+    assert write_env_file(str(tmp_path), os.environ, cfg.launcher.export_env_vars) == env_file
     lines = open(env_file).read().splitlines()
-    assert "HF_HUB_OFFLINE=1" in lines and "WANDB_API_KEY=secret" in lines and "MY_SETTING=a b $c" in lines
+    assert "HF_HUB_OFFLINE=1" in lines and "WANDB_API_KEY=secret" in lines
+    assert "MY_SETTING=a b \\$c" in lines  # escaped for DeepSpeed's remote `export K="..."`
     assert not any(line.startswith("UNRELATED=") for line in lines)
     assert stat.S_IMODE(os.stat(env_file).st_mode) == 0o600  # it may hold keys
     # DeepSpeed's runner finds it: its search joins the name to ~ and ., an absolute name wins.
@@ -37,5 +44,18 @@ def test_a_value_with_a_newline_is_left_out():
 
 def test_a_local_run_inherits_the_environment_without_a_file(tmp_path):
     cfg = resolve(config_from_flat({"num_layers": 1, "num_gpus": 2, "master_port": 12345}), 2)
-    _, env = deepy.launch_command(cfg, "train.py", str(tmp_path), None)
-    assert "DS_ENV_FILE" not in env and not (tmp_path / "deepspeed_env").exists()
+    plan = launch_plan(cfg, "train.py", str(tmp_path), None)
+    assert "DS_ENV_FILE" not in plan.env and plan.env_file is None
+
+
+@pytest.mark.parametrize("value", ["a b $c", "x`id`", 'q"uote\\', "$(touch pwned)", "plain", "it's"])
+def test_values_reach_the_remote_shell_as_data(tmp_path, value):
+    """DeepSpeed's pdsh command: ``export K=<v>``, with <v> in double quotes once it holds a
+    character outside its safe set (its add_export). The escaped value comes back exactly."""
+    from deepspeed.launcher.multinode_runner import PDSHRunner
+
+    runner = PDSHRunner(argparse.Namespace(user_args=[], user_script="x"), "")
+    runner.add_export("K", shell_escaped(value))
+    script = f"cd {shlex.quote(str(tmp_path))}; export K={runner.exports['K']}; printf %s \"$K\""
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out == value and not (tmp_path / "pwned").exists()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
 from megatron_lite.config import config_from_flat
+from megatron_lite.config.__main__ import main as config_main
+from megatron_lite.config.__main__ import summary
 from megatron_lite.config.derived import resolve
 from megatron_lite.model.gpt import GPTModel, count_parameters, flops_per_token
 from megatron_lite.parallel.random import seed_everything
@@ -68,8 +71,13 @@ def test_parameter_count_formula_matches_the_module(option):
 def test_flops_per_token_formula():
     cfg = model_cfg()
     h, layers, s, v = 64, 3, 32, 96
-    expected = 72 * layers * h * h * (1 + s / (6 * h) + v / (16 * layers * h))
-    assert flops_per_token(cfg) == pytest.approx(expected)
+    # 6 N + 12 L s h; N: per layer 12 h^2 weights + 13 h biases and LayerNorm (GELU, 4h, MHA),
+    # the final LayerNorm and the (tied) head; the embedding lookup and learned positions are not.
+    n = layers * (12 * h * h + 13 * h) + 2 * h + v * h
+    assert flops_per_token(cfg) == pytest.approx(6 * n + 12 * layers * s * h)
+    # = GPT-NeoX's 72 L h^2 (1 + s/(6h) + V/(16 L h)) but for its head term (4.5 V h, not 6) and biases/norms
+    neox = 72 * layers * h * h * (1 + s / (6 * h) + v / (16 * layers * h))
+    assert flops_per_token(cfg) - neox == pytest.approx(1.5 * v * h + 6 * (layers * 13 * h + 2 * h))
 
 
 def test_same_seed_same_weights_other_seed_differs():
@@ -183,3 +191,165 @@ def test_few_row_products_reroute_only_inside_generation():
             assert spy.call_count == calls  # outside the block: untouched
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
+
+
+# ---- parameter count and MLP width from the config ------------------------------------------------
+
+COUNTED = {
+    "plain_gelu": {},
+    "swiglu_multiple_of": {"activation": "swiglu", "intermediate_size": 512, "mlp_multiple_of": 32,
+                           "norm": "rmsnorm", "pos_emb": "rotary"},
+    "geglu_gqa_expansion": {"activation": "geglu", "expansion_factor": 6.0, "num_kv_heads": 2},
+    "untied_no_biases": {"no_weight_tying": True, "use_bias_in_attn_linear": False,
+                         "use_bias_in_mlp": False, "use_bias_in_norms": False},
+    "megatron_ffn_hidden_size": {"activation": "swiglu", "ffn_hidden_size": 100, "num_kv_heads": 1,
+                                 "no_weight_tying": True, "use_bias_in_mlp": False},
+}
+
+
+@pytest.mark.parametrize("option", list(COUNTED))
+def test_count_from_the_config_equals_the_built_model(option):
+    cfg = model_cfg(**COUNTED[option])
+    model = GPTModel(cfg, seed=0)
+    assert count_parameters(cfg) == sum(p.numel() for p in model.parameters())
+    mlp = model.layers[0].mlp
+    assert mlp.dense_4h_to_h.weight.shape[1] == cfg.mlp_inner_size
+    glu = cfg.activation in ("swiglu", "geglu")
+    assert mlp.dense_h_to_4h.weight.shape[0] == cfg.mlp_inner_size * (2 if glu else 1)
+
+
+def test_mlp_width_of_gpt_neox_keys_in_the_module():
+    assert model_cfg(**COUNTED["swiglu_multiple_of"]).mlp_inner_size == 192  # int(512 * 2/3) // 2 -> 32s
+    assert model_cfg(**COUNTED["geglu_gqa_expansion"]).mlp_inner_size == 128  # int(384 * 2/3) // 2
+    assert model_cfg(**COUNTED["megatron_ffn_hidden_size"]).mlp_inner_size == 100  # literal
+
+
+def test_checkpoint_written_before_mlp_inner_size_loads_with_its_shapes(tmp_path):
+    """An older config.yml says ``intermediate_size: 192`` for a SwiGLU model built 192 wide (the
+    old literal meaning); GPT-NeoX's rules would now read it as 64. It must load as written."""
+    import yaml
+
+    import megatron_lite
+    from megatron_lite.checkpoint.weights import write_weights_checkpoint
+    from megatron_lite.config import dump_yaml
+
+    cfg = resolve(config_from_flat({"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+                                    "seq_length": 16, "padded_vocab_size": 512, "activation": "swiglu",
+                                    "ffn_hidden_size": 192, "pos_emb": "rotary",
+                                    "tokenizer_type": "CharLevelTokenizer"}), 1)
+    full = GPTModel(cfg.model, seed=4).state_dict()
+    old = yaml.safe_load(dump_yaml(cfg))
+    for key in ("mlp_inner_size", "expansion_factor", "mlp_multiple_of"):  # keys the old format lacked
+        del old[key]
+    old["intermediate_size"] = 192
+    write_weights_checkpoint(full, str(tmp_path), yaml.safe_dump(old), 1, glu=True, vocab_size=300)
+    model, _ = megatron_lite.load_model(str(tmp_path))
+    assert model.gpt.cfg.mlp_inner_size == 192
+    assert model.gpt.layers[0].mlp.dense_h_to_4h.weight.shape == (384, 64)
+    for key, value in model.gpt.state_dict().items():
+        assert torch.equal(value, full[key]), key
+    # A run config that still means the old width by intermediate_size is told what to write.
+    from megatron_lite.checkpoint.layout import CheckpointError
+    from megatron_lite.checkpoint.loader import load_model_weights
+
+    run = resolve(config_from_flat({**old, "load": str(tmp_path), "finetune": True}), 1)
+    with pytest.raises(CheckpointError, match="MLP width .* is 192, the config's 64.*ffn_hidden_size: 192"):
+        load_model_weights(GPTModel(run.model), run, tp_rank=0, pipelined=False)
+
+
+def test_hf_intermediate_size_is_the_literal_width_both_ways():
+    from megatron_lite.checkpoint.hf import hf_config_dict, model_keys_from_hf
+
+    hf = {"model_type": "gpt_neox", "num_hidden_layers": 1, "hidden_size": 64, "num_attention_heads": 4,
+          "intermediate_size": 100, "max_position_embeddings": 16}
+    keys = model_keys_from_hf(hf)
+    assert keys["mlp_inner_size"] == 100 and "intermediate_size" not in keys
+    cfg = resolve(config_from_flat({**keys, "padded_vocab_size": 128}), 1).model
+    assert hf_config_dict(cfg, 100, None, None)["intermediate_size"] == 100
+
+
+# GPT-NeoX's configs/llama/7B.yml and configs/llama2/70B.yml (model keys, copied), with the
+# 32000-token LLaMA vocabulary unpadded (padded_vocab_size: with make_vocab_size_divisible_by 1).
+LLAMA_7B = """\
+pipe_parallel_size: 1
+model_parallel_size: 1
+make_vocab_size_divisible_by: 1
+num_layers: 32
+hidden_size: 4096
+intermediate_size: 32768
+num_attention_heads: 32
+seq_length: 2048
+max_position_embeddings: 2048
+pos_emb: rotary
+rotary_pct: 1
+no_weight_tying: true
+gpt_j_residual: false
+output_layer_parallelism: column
+norm: rmsnorm
+rms_norm_epsilon: 1.0e-6
+use_bias_in_mlp: False
+scaled_upper_triang_masked_softmax_fusion: true
+bias_gelu_fusion: false
+use_bias_in_norms: false
+use_bias_in_attn_linear: false
+activation: swiglu
+mlp_multiple_of: 256
+padded_vocab_size: 32000
+"""
+LLAMA2_70B = """\
+pipe_parallel_size: 1
+model_parallel_size: 1
+make_vocab_size_divisible_by: 1
+num_layers: 80
+hidden_size: 8192
+intermediate_size: 86016
+num_attention_heads: 64
+num_kv_heads: 8
+seq_length: 4096
+max_position_embeddings: 4096
+pos_emb: rotary
+rotary_pct: 1
+rotary_emb_base: 1000000
+no_weight_tying: true
+gpt_j_residual: false
+output_layer_parallelism: column
+norm: rmsnorm
+rms_norm_epsilon: 1.0e-5
+attention_config: [[["flash"], 80]]
+scaled_upper_triang_masked_softmax_fusion: true
+bias_gelu_fusion: false
+use_bias_in_norms: false
+use_bias_in_attn_linear: false
+activation: swiglu
+mlp_multiple_of: 256
+padded_vocab_size: 32000
+"""
+
+
+def test_summary_of_llama_7b_is_hf_llama_7b(tmp_path, capsys):
+    (tmp_path / "7B.yml").write_text(LLAMA_7B)
+    assert config_main([str(tmp_path / "7B.yml"), "--summary"]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines()[-3:])
+    # LlamaForCausalLM's count for LLaMA-7B; the FLOPs: 6 N' + 12 L s h, N' = N - input embedding.
+    assert lines == {"parameters": "6738415616", "mlp_inner_size": "11008",
+                     "flops_per_token": str(6 * (6738415616 - 32000 * 4096) + 12 * 32 * 2048 * 4096)}
+
+
+def from_yaml_text(text: str):
+    return resolve(config_from_flat(yaml.safe_load(text)), 1)
+
+
+def test_llama2_70b_counts():
+    # LlamaForCausalLM's count for Llama-2-70B: no MLP biases.
+    no_mlp_bias = from_yaml_text(LLAMA2_70B + "use_bias_in_mlp: false\n")
+    assert summary(no_mlp_bias).splitlines()[:2] == ["parameters: 68976648192", "mlp_inner_size: 28672"]
+    # GPT-NeoX's file itself leaves use_bias_in_mlp at its default, true: 80 x (2 x 28672 + 8192) more.
+    shipped = from_yaml_text(LLAMA2_70B)
+    assert summary(shipped).splitlines()[0] == f"parameters: {68976648192 + 80 * (2 * 28672 + 8192)}"
+
+
+def test_summary_names_what_it_cannot_count(tmp_path, capsys):
+    (tmp_path / "novocab.yml").write_text(LLAMA_7B.replace("padded_vocab_size: 32000\n", ""))
+    assert config_main([str(tmp_path / "novocab.yml"), "--summary"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == "parameters: unknown (padded_vocab_size not set and not derivable)"

@@ -41,12 +41,14 @@ def test_a_taken_explicit_port_is_one_line_before_launch(tmp_path, capsys):
                                         "unset for a free one"]
 
 
-def test_the_chosen_port_is_recorded_in_the_run_config(tmp_path):
+def test_the_chosen_port_is_recorded_in_the_run_config(tmp_path, capsys):
+    from tests.integration.common import resolved_config_of
+
     script = tmp_path / "noop.py"
     script.write_text("")
     config = tmp_path / "c.yml"
     config.write_text(f"num_layers: 1\nlog_dir: {tmp_path / 'logs'}\n")
     assert deepy.main([str(script), str(config), "--dry_run"]) == 0
-    run_config = next((tmp_path / "logs").iterdir()) / "config.yml"
-    port = int(next(line for line in run_config.read_text().splitlines() if line.startswith("master_port:")).split()[1])
+    resolved = resolved_config_of(capsys.readouterr().out)
+    port = int(next(line for line in resolved.splitlines() if line.startswith("master_port:")).split()[1])
     assert port != 29500  # a free port from the ephemeral range, recorded for every rank
