@@ -38,7 +38,9 @@ _WEIGHT_FILES = (SAFETENSORS, SAFETENSORS + ".index.json", PYTORCH_BIN, PYTORCH_
 HEAD_KEYS = ("embed_out.weight", "lm_head.weight")  # on-disk name, transformers 5 in-memory name
 # Our activation <-> transformers ACT2FN name; all are exact (HF "gelu" is erf GELU, as F.gelu).
 _ACT_TO_HF = {"gelu": "gelu", "relu": "relu", "silu": "silu"}
-_ACT_FROM_HF = {"gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu"}
+_ACT_FROM_HF = {"gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu",
+                "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}  # the last two: tanh GeLU
+_TANH_GELU_HF = ("gelu_new", "gelu_pytorch_tanh")  # our gelu with bias_gelu_fusion (GPT-NeoX's kernel)
 
 
 class UnsupportedForHF(ValueError):
@@ -71,7 +73,8 @@ def hf_config_dict(cfg: ModelConfig, vocab_size: int, eod: int | None, pad: int 
         "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
         "vocab_size": vocab_size, "hidden_size": cfg.hidden_size,
         "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_attention_heads,
-        "intermediate_size": cfg.mlp_inner_size, "hidden_act": _ACT_TO_HF[cfg.activation],
+        "intermediate_size": cfg.mlp_inner_size,
+        "hidden_act": "gelu_new" if cfg.activation == "gelu" and cfg.bias_gelu_fusion else _ACT_TO_HF[cfg.activation],
         "max_position_embeddings": cfg.max_position_embeddings,
         "rotary_pct": cfg.rotary_pct, "rotary_emb_base": cfg.rotary_emb_base,
         "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.rotary_emb_base),
@@ -120,7 +123,8 @@ def model_keys_from_hf(hf: dict[str, Any], seq_length: int | None = None) -> dic
         "gpt_j_residual": bool(hf.get("use_parallel_residual", True)),
         "no_weight_tying": not hf.get("tie_word_embeddings", False),
         "layernorm_epsilon": float(hf.get("layer_norm_eps", 1e-5)), "norm": "layernorm",
-        "activation": _ACT_FROM_HF[act], "use_bias_in_attn_linear": bool(hf.get("attention_bias", True)),
+        "activation": _ACT_FROM_HF[act], "bias_gelu_fusion": act in _TANH_GELU_HF,
+        "use_bias_in_attn_linear": bool(hf.get("attention_bias", True)),
         "use_bias_in_mlp": True, "use_bias_in_norms": True,
         "hidden_dropout": float(hf.get("hidden_dropout", 0.0)),
         "attention_dropout": float(hf.get("attention_dropout", 0.0)),

@@ -86,6 +86,8 @@ def build_deepspeed_config(cfg: Config, on_gpu: bool) -> dict[str, Any]:
         ds["fp16"] = fp16
     elif tr.precision == "bfloat16":
         ds["bf16"] = {"enabled": True}
+    if tr.data_types:
+        ds["data_types"] = copy.deepcopy(tr.data_types)
     if tr.fp32_allreduce:
         # GPT-NeoX passes "fp32_allreduce" to its DeepSpeed fork; upstream DeepSpeed spells it
         # communication_data_type (default: the training precision).

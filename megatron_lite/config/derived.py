@@ -264,6 +264,7 @@ def validate(cfg: Config) -> None:
                 f"({m.num_attention_heads})"
             )
         kv = m.num_kv_heads
+        _check_attention_type(m.attention_type, kv, m.num_attention_heads)
         if kv is not None and (kv < 1 or m.num_attention_heads % kv or kv % tp):
             raise ConfigError(
                 f"num_kv_heads ({kv}) must divide num_attention_heads ({m.num_attention_heads}) "
@@ -291,8 +292,6 @@ def validate(cfg: Config) -> None:
     if (la.include or la.exclude) and (la.num_gpus is not None or la.num_nodes > 0):
         raise ConfigError("include/exclude cannot be combined with num_gpus or num_nodes (DeepSpeed's "
                           "runner refuses the mix): select hosts and GPUs with include/exclude alone")
-    if cfg.checkpoint.finetune and not cfg.checkpoint.load:
-        raise ConfigError("finetune: true needs `load`: the checkpoint to start from")
 
 
 def _validate_attention_config(spec: list, num_layers: int | None) -> None:
@@ -338,3 +337,14 @@ def resolve(cfg: Config, world_size: int) -> Config:
         cfg = step(cfg, world_size) if step is _derive_parallel else step(cfg)
     validate(cfg)
     return cfg
+
+
+def _check_attention_type(kind: str | None, kv: int | None, heads: int) -> None:
+    """``attention_type`` (llemma's configs) must agree with ``num_kv_heads``, which decides."""
+    grouped = kv is not None and kv != heads
+    if kind not in (None, "multihead", "groupedquery"):
+        raise ConfigError(f"attention_type: {kind!r} is not implemented (multihead or groupedquery)")
+    if kind == "groupedquery" and not grouped:
+        raise ConfigError(f"attention_type: groupedquery needs num_kv_heads below num_attention_heads ({heads})")
+    if kind == "multihead" and grouped:
+        raise ConfigError(f"attention_type: multihead contradicts num_kv_heads: {kv}")

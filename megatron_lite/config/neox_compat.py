@@ -45,9 +45,6 @@ IGNORED_KEYS: frozenset[str] = frozenset(
         "layernorm_fusion",
         "rmsnorm_fusion",
         "use_flashattn_swiglu",
-        # GPT-NeoX's fused bias-GeLU computes the tanh approximation of GeLU (within 1e-3 of it);
-        # we compute the exact GeLU, as GPT-NeoX's Hugging Face export (hidden_act "gelu") does.
-        "bias_gelu_fusion",
         # GPT-NeoX's ONNX-safe GeLU is the erf GeLU, which is ours.
         "onnx_safe",
         # The same function in other arithmetic: QK^T divided by the layer number and multiplied
@@ -80,6 +77,12 @@ IGNORED_KEYS: frozenset[str] = frozenset(
         "flops_profiler",
         "comms_logger",
         "wandb_init_all_ranks",
+        # Comet's settings, inert while use_comet (refused below) is off.
+        "comet_workspace",
+        "comet_project",
+        "comet_experiment_name",
+        "comet_tags",
+        "comet_others",
         "comment",
         "git_hash",
         # Data-loading speed, and which ranks build the index files.
@@ -170,6 +173,8 @@ UNSUPPORTED_KEYS: dict[str, tuple[Any, str]] = {
     "hf_upload": (None, "uploading checkpoints to the Hugging Face Hub"),
     "sliding_window_width": (None, "sliding-window attention"),
     "use_bnb_optimizer": (False, "bitsandbytes optimizers"),
+    "gmlp_attn_dim": (64, "gMLP layers"),
+    "use_comet": (False, "Comet logging; use wandb or tensorboard"),
 }
 
 # Attention types of GPT-NeoX's attention_config that we run (both are SDPA here).

@@ -109,6 +109,10 @@ def check_inputs(cfg: Config, script: str) -> None:
                 for prefix in getattr(d, key) or []:
                     _require_prefix(prefix, key)
         _check_save_dir(cfg.checkpoint.save)
+        # A config may set finetune for a `load` given later (GPT-NeoX's llama/train_config.yml):
+        # it loads; training without the checkpoint to start from does not start.
+        if cfg.checkpoint.finetune and not cfg.checkpoint.load:
+            raise LaunchError("finetune: true needs `load`: the checkpoint to start from")
         if cfg.checkpoint.finetune and not os.path.isdir(cfg.checkpoint.load):
             raise LaunchError(f"finetune: load directory {cfg.checkpoint.load} not found")
     if name == "evaluate.py":

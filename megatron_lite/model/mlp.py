@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +27,9 @@ class ParallelMLP(nn.Module):
         h, ff = cfg.hidden_size, cfg.mlp_inner_size
         self.glu = cfg.activation in ("swiglu", "geglu")
         self.act = _ACTIVATIONS[cfg.activation]
+        if cfg.activation == "gelu" and cfg.bias_gelu_fusion:
+            # GPT-NeoX's fused bias-GeLU kernel computes the tanh approximation, not the erf GeLU.
+            self.act = functools.partial(F.gelu, approximate="tanh")
         std = init_std(cfg.init_method, cfg.init_method_std, h, cfg.num_layers)
         out_std = init_std(cfg.output_layer_init_method, cfg.init_method_std, h, cfg.num_layers)
         prefix = f"layers.{layer_number}.mlp"

@@ -104,13 +104,13 @@ def test_unknown_key_names_file_key_and_suggestion(tmp_path):
 
 
 def test_ignored_neox_keys_are_listed_once(tmp_path, caplog):
-    a = write(tmp_path, "a.yml", "bias_gelu_fusion: true\npartition-activations: true\n")
-    b = write(tmp_path, "b.yml", "bias_gelu_fusion: false\n")
+    a = write(tmp_path, "a.yml", "rope_fusion: true\npartition-activations: true\n")
+    b = write(tmp_path, "b.yml", "rope_fusion: false\n")
     with caplog.at_level(logging.INFO, logger="megatron_lite"):
         load_config([a, b], world_size=1)
     lines = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
     assert len(lines) == 1
-    assert "bias_gelu_fusion" in lines[0] and "partition_activations" in lines[0]
+    assert "rope_fusion" in lines[0] and "partition_activations" in lines[0]
 
 
 @pytest.mark.parametrize(
@@ -217,7 +217,8 @@ def test_precision_lr_and_decay_iters_are_derived():
         (1, {"fp16": {"enabled": True}, "bf16": {"enabled": True}}, "both true"),
         (1, {"num_kv_heads": 3}, "num_kv_heads \\(3\\)"),
         (1, {"hidden_size": 66}, "hidden_size \\(66\\) is not divisible"),
-        (1, {"finetune": True}, "finetune: true needs `load`"),
+        (1, {"attention_type": "groupedquery"}, "attention_type: groupedquery needs num_kv_heads"),
+        (1, {"attention_type": "multihead", "num_kv_heads": 2}, "attention_type: multihead contradicts"),
         (1, {"split": "90:10"}, "split"),
         (1, {"train_data_paths": ["a", "b"], "train_data_weights": [1.0]}, "train_data_weights has 1"),
         (1, {"train_epochs": 2}, "train_iters or train_epochs"),

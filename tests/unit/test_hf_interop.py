@@ -32,6 +32,7 @@ VARIANTS = [
     {"rotary_pct": 0.25, "parallel": False, "tied": True},
     {"rotary_pct": 1.0, "parallel": True, "tied": True},
     {"rotary_pct": 0.5, "parallel": True, "tied": False, "hidden_act": "relu", "attention_bias": False},
+    {"rotary_pct": 1.0, "parallel": True, "tied": False, "hidden_act": "gelu_new"},  # bias_gelu_fusion
 ]
 
 

@@ -104,3 +104,40 @@ def test_a_missing_peer_is_one_line_after_rendezvous_timeout(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "rank 0 of 2: no rendezvous with the other ranks at 127.0.0.1:" in result.stderr
     assert "within rendezvous_timeout=2s" in result.stderr
+
+
+def test_finetune_without_load_loads_as_a_config_but_does_not_train(tmp_path, capsys):
+    """GPT-NeoX's llama/train_config.yml sets finetune for a `load` given in another file."""
+    from megatron_lite.config import load_config
+
+    prefix = tmp_path / "corpus_text_document"
+    for suffix in (".bin", ".idx"):
+        prefix.with_name(prefix.name + suffix).write_bytes(b"")
+    config = tmp_path / "c.yml"
+    config.write_text(f"num_layers: 1\nfinetune: true\ndata_path: {prefix}\nlog_dir: {tmp_path / 'logs'}\n")
+    assert load_config([str(config)], world_size=1).checkpoint.finetune
+    script = tmp_path / "train.py"
+    script.write_text("")
+    assert deepy.main([str(script), str(config)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "deepy.py: error: finetune: true needs `load`: the checkpoint to start from"]
+
+
+def test_a_groupedquery_config_as_llemma_writes_it(tmp_path):
+    from megatron_lite.config import load_config
+
+    config = tmp_path / "c.yml"
+    config.write_text("num_layers: 1\nhidden_size: 64\nnum_attention_heads: 8\nattention_type: groupedquery\n"
+                      "num_kv_heads: 2\ndata_types: {grad_accum_dtype: fp32}\n")
+    cfg = load_config([str(config)], world_size=1)
+    from megatron_lite.config.deepspeed_config import build_deepspeed_config
+
+    assert cfg.model.num_kv_heads == 2
+    cfg = load_config([str(config), str(_write(tmp_path, "b.yml", "train_micro_batch_size_per_gpu: 1\n"))], world_size=1)
+    assert build_deepspeed_config(cfg, on_gpu=False)["data_types"] == {"grad_accum_dtype": "fp32"}
+
+
+def _write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text)
+    return path

@@ -353,3 +353,22 @@ def test_summary_names_what_it_cannot_count(tmp_path, capsys):
     assert config_main([str(tmp_path / "novocab.yml"), "--summary"]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert last == "parameters: unknown (padded_vocab_size not set and not derivable)"
+
+
+def test_bias_gelu_fusion_is_gpt_neox_fused_kernels_tanh_gelu():
+    """Pythia's configs set bias_gelu_fusion: GPT-NeoX's fused bias-GeLU formula, not erf GeLU."""
+    from megatron_lite.model.mlp import ParallelMLP
+    from megatron_lite.parallel.state import ParallelState
+
+    def neox_bias_gelu(y):  # megatron/model/fused_bias_gelu.py's bias_gelu (bias already added)
+        return y * 0.5 * (1.0 + torch.tanh(0.79788456 * y * (1 + 0.044715 * y * y)))
+
+    x = 40 * torch.randn(2, 5, 64)  # pre-activations of order 1, where the two GeLUs differ
+    outputs = {}
+    for fused in (False, True):
+        mlp = ParallelMLP(model_cfg(bias_gelu_fusion=fused), ParallelState.single(), 0, seed=3)
+        up = mlp.dense_h_to_4h(x)
+        expected = neox_bias_gelu(up) if fused else torch.nn.functional.gelu(up)
+        torch.testing.assert_close(mlp(x), mlp.dense_4h_to_h(expected), rtol=1e-6, atol=1e-6)
+        outputs[fused] = mlp(x)
+    assert (outputs[False] - outputs[True]).abs().max() > 1e-5  # the two GeLUs differ by up to ~1e-3

@@ -34,7 +34,8 @@ sequence_parallel pack_impl allow_chopped s3_path s3_chunk_size hf_upload checkp
 checkpoint_factor_scale keep_last_n_checkpoints_scale
 """.split()
 
-IMPLEMENTED = {"eod_mask_loss", "reset_position_ids", "reset_attention_mask", "fp32_allreduce"}
+IMPLEMENTED = {"eod_mask_loss", "reset_position_ids", "reset_attention_mask", "fp32_allreduce",
+               "bias_gelu_fusion"}
 
 # A value other than the default, for every key refused unless left at its default.
 REFUSED = {
@@ -93,7 +94,7 @@ def test_defaults_as_shipped_gpt_neox_configs_spell_them_load(tmp_path, caplog):
         "checkpoint_scale": "linear", "s3_path": None, "hf_upload": False,
         "sliding_window_width": None, "use_bnb_optimizer": False,
         # ignored keys, whatever their value
-        "bias_gelu_fusion": True, "allow_chopped": False, "partition_activations": True,
+        "allow_chopped": False, "partition_activations": True,
         "override_lr_scheduler": True, "char_level_ppl": True, "sparse_gradients": True,
     }
     with caplog.at_level("INFO", logger="megatron_lite"):
