@@ -31,7 +31,10 @@ are skipped and counted. See docs/data.md.
 
 Bad input: a line that is not UTF-8, not JSON, or lacks a key (or holds the wrong type there)
 is skipped, counted and reported as file:line (--strict: the first one is fatal); empty
-documents are skipped and counted. A missing, truncated or corrupt input file, or no documents
+documents are skipped and counted. A text over 64K characters is tokenized in pieces with the
+ids of one call (bounded memory); a document over --max-document-chars (default 4,000,000) that
+the tokenizer cannot split exactly is skipped and reported by file:line like a bad line (see
+megatron_lite/tokenizer/long_text.py). A missing, truncated or corrupt input file, or no documents
 at all, is an error (exit 1): outputs are written under temporary names and appear only when
 complete, so an error leaves nothing.
 """
@@ -75,10 +78,16 @@ from megatron_lite.data.sft import (
     prompt_completion_parser,
 )
 from megatron_lite.tokenizer import TOKENIZER_TYPES, build_tokenizer_from
+from megatron_lite.tokenizer.long_text import (
+    DEFAULT_MAX_DOCUMENT_CHARS,
+    LongTextEncoder,
+    skip_too_long,
+)
 from megatron_lite.utils.logging import get_logger, setup_logging
 
 logger = get_logger("megatron_lite.tools.preprocess_data")
 _WORKER: dict[str, Any] = {}
+_TASK_CHARS = 1 << 18  # about this many characters per task (_batches)
 # fork starts workers in milliseconds; the parent has not run the tokenizer yet, so the
 # tokenizers library's fork warning does not apply. Other platforms use spawn.
 _START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
@@ -93,7 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="JSON keys to tokenize; one output per key (default: text)")
     p.add_argument("--num-docs", type=int, default=None, help="stop after this many documents")
     p.add_argument("--tokenizer-type", required=True, type=_tokenizer_type, metavar="{" + ",".join(TOKENIZER_TYPES) + "}")
-    p.add_argument("--vocab-file", default=None, help="tokenizers JSON (HFTokenizer) or GPT-2 vocab.json")
+    p.add_argument("--vocab-file", default=None, help="tokenizers JSON (HFTokenizer), GPT-2 vocab.json, SentencePiece "
+                   "tokenizer.model (SPMTokenizer) or .tiktoken rank file (TiktokenTokenizer)")
     p.add_argument("--merge-file", default=None, help="GPT-2 merges.txt")
     p.add_argument("--append-eod", action="store_true", help="end every document with the eod token")
     p.add_argument("--ftfy", action="store_true", help="fix mojibake with ftfy before tokenizing")
@@ -103,12 +113,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256, help="documents per worker task")
     p.add_argument("--log-interval", type=int, default=10000, help="documents between progress updates")
     p.add_argument("--strict", action="store_true", help="the first bad line is an error")
+    p.add_argument("--max-document-chars", type=int, default=DEFAULT_MAX_DOCUMENT_CHARS, metavar="N",
+                   help="longer documents the tokenizer cannot encode in pieces with the same tokens "
+                   "(and longer supervised records) are skipped and reported; 0: no limit "
+                   "(default %(default)s)")
     p.add_argument("--txt-blocks", action="store_true",
                    help=".txt inputs: one document per blank-line-separated block (default: per file)")
     _add_sft_args(p)
     args = p.parse_args(argv)
     if args.workers < 1 or args.batch_size < 1 or args.log_interval < 1:
         p.error("--workers, --batch-size and --log-interval must be at least 1")
+    if args.max_document_chars < 0:
+        p.error("--max-document-chars must be at least 0")
     _check_sft_args(p, args)
     return args
 
@@ -153,7 +169,7 @@ def _tokenizer_type(value: str) -> str:
 
 
 def _init_worker(tokenizer_type: str, vocab_file: str | None, merge_file: str | None,
-                 append_eod: bool, use_ftfy: bool, threads: bool = True) -> None:
+                 append_eod: bool, use_ftfy: bool, max_chars: int, threads: bool = True) -> None:
     """Build the tokenizer once per process (and once in the parent for --workers 1)."""
     if not threads:  # a pool worker
         # Worker processes already use every core: the tokenizers library's own thread pool
@@ -164,7 +180,9 @@ def _init_worker(tokenizer_type: str, vocab_file: str | None, merge_file: str | 
         # outputs, stops the pool); workers printing their own tracebacks would only add noise.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     tok = build_tokenizer_from(tokenizer_type, vocab_file, merge_file)
-    _WORKER.update(tok=tok, dtype=best_dtype(tok.vocab_size), eod=append_eod, fix=None)
+    # encoder: the tokenizer, with long texts in pieces (bounded memory, same ids)
+    _WORKER.update(tok=tok, encoder=LongTextEncoder(tok, max_chars), dtype=best_dtype(tok.vocab_size),
+                   eod=append_eod, fix=None)
     if use_ftfy:
         import ftfy
 
@@ -177,39 +195,32 @@ def _encode(batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
     Two arrays, not a list of lists: they cross the process boundary as raw bytes and the
     parent writes them with one call.
     """
-    tok = _WORKER["tok"]
     if _WORKER["fix"] is not None:
         batch = [_WORKER["fix"](text) for text in batch]
-    ids = tok.tokenize_batch(batch)
-    if _WORKER["eod"]:
-        for doc in ids:
-            doc.append(tok.eod)
-    lengths = np.fromiter((len(doc) for doc in ids), dtype=np.int64, count=len(ids))  # [docs]
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=_WORKER["dtype"],
-                       count=int(lengths.sum()))  # [tokens]
-    return flat, lengths
+    eod = _WORKER["tok"].eod if _WORKER["eod"] else None
+    return _WORKER["encoder"].encode_flat(batch, _WORKER["dtype"], eod)
 
 
 def _encode_sft(batch: list[list[Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One supervised task: documents of segments -> (tokens, labels, tokens per document)."""
-    return encode_segments(_WORKER["tok"], batch, _WORKER["dtype"], _WORKER["fix"])
+    return encode_segments(_WORKER["encoder"], batch, _WORKER["dtype"], _WORKER["fix"])
 
 
 def _batches(docs: Iterator[Document], size: int, limit: int | None, chars: Callable[[Document], int],
-             pack: Callable[[list[Document]], Any], max_chars: int = 1 << 18) -> Iterator[Any]:
-    """``pack`` of up to ``size`` documents (and about ``max_chars`` characters, so that a few
-    long documents do not leave one worker busy while the others wait) per task; stops after
-    ``limit`` documents."""
+             pack: Callable[[list[Document]], Any], max_chars: int = _TASK_CHARS) -> Iterator[Any]:
+    """``(pack of up to size documents, their characters)`` per task: about ``max_chars``
+    characters at most, so that a few long documents do not leave one worker busy while the
+    others wait (a longer document ends its task); stops after ``limit`` documents."""
     batch: list[Document] = []
     total = 0
     for doc in itertools.islice(docs, limit):
         batch.append(doc)
         total += chars(doc)
         if len(batch) == size or total >= max_chars:
-            yield pack(batch)
+            yield pack(batch), total
             batch, total = [], 0
     if batch:
-        yield pack(batch)
+        yield pack(batch), total
 
 
 def _text_chars(keys: list[str], doc: Document) -> int:
@@ -225,16 +236,23 @@ def _segment_chars(doc: Document) -> int:
     return sum(len(text) for text, _ in doc.texts["segments"] if text is not None)
 
 
-def _ordered_map(pool: Any, fn: Callable, items: Iterable, window: int) -> Iterator[Any]:
+def _ordered_map(pool: Any, fn: Callable, items: Iterable[tuple[Any, int]], window: int,
+                 workers: int, max_chars: int) -> Iterator[Any]:
     """Like ``pool.imap`` (results in input order) but with at most ``window`` tasks in flight:
-    memory stays flat (``imap`` reads its whole input ahead of the workers)."""
+    memory stays flat (``imap`` reads its whole input ahead of the workers). ``items`` are
+    (task, characters); beyond one task per worker, at most ``max_chars`` characters are in
+    flight, so a run of huge documents is not held ``window`` at a time."""
     pending: deque = deque()
-    for item in items:
-        pending.append(pool.apply_async(fn, (item,)))
-        if len(pending) >= window:
-            yield pending.popleft().get()
+    chars = 0
+    for item, size in items:
+        pending.append((pool.apply_async(fn, (item,)), size))
+        chars += size
+        while len(pending) >= window or (len(pending) > workers and chars > max_chars):
+            result, size = pending.popleft()
+            chars -= size
+            yield result.get()
     while pending:
-        yield pending.popleft().get()
+        yield pending.popleft()[0].get()
 
 
 class _Progress:
@@ -266,7 +284,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Preprocess as ``args`` says; returns the summary. Raises ``InputError`` (and the
     tokenizer's ``ValueError``/``FileNotFoundError``) for unusable input; nothing is left then."""
     paths = expand_inputs(args.input)
-    init = (args.tokenizer_type, args.vocab_file, args.merge_file, args.append_eod, args.ftfy)
+    init = (args.tokenizer_type, args.vocab_file, args.merge_file, args.append_eod, args.ftfy,
+            args.max_document_chars)
     # In this process first, whatever --workers: a bad tokenizer file or a missing ftfy is an
     # error here (a Pool whose initializer fails restarts its workers forever instead).
     _init_worker(*init)
@@ -287,6 +306,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.workers > 1:
             pool = multiprocessing.get_context(_START_METHOD).Pool(args.workers, _init_worker, (*init, False))
         docs = iter_documents(paths, args.jsonl_keys, stats, args.strict, args.txt_blocks, _parser(args))
+        docs = skip_too_long(docs, _too_long(args), stats, args.strict)
         written, tokens = _consume(args, pool, docs, builders, stats)
         if written == 0:
             raise InputError(f"no documents found in {', '.join(paths)} "
@@ -318,6 +338,14 @@ def _outputs(args: argparse.Namespace, dtype: Any) -> dict[str, tuple[str, Any]]
             "label": (f"{args.output_prefix}_label_document", LABEL_DTYPE)}
 
 
+def _too_long(args: argparse.Namespace) -> Callable[[Document], str | None]:
+    """Why a document is refused for its size, None when it is not (--max-document-chars)."""
+    encoder = _WORKER["encoder"]
+    if args.mode != "text":
+        return lambda doc: encoder.too_long_record(_segment_chars(doc))
+    return lambda doc: next(filter(None, (encoder.too_long(doc.texts[k]) for k in args.jsonl_keys)), None)
+
+
 def _parser(args: argparse.Namespace) -> RecordParser | None:
     """How a JSON record becomes a document: None (a string per --jsonl-keys key) or SFT's."""
     if args.mode == "prompt":
@@ -340,7 +368,8 @@ def _consume(args: argparse.Namespace, pool: Any, docs: Iterator[Document],
                         lambda batch: [doc.texts["segments"] for doc in batch])
         encode, write = _encode_sft, functools.partial(_write_sft, builders)
     # A few tasks per worker in flight keeps them busy while bounding memory.
-    encoded = _ordered_map(pool, encode, jobs, 4 * args.workers) if pool else map(encode, jobs)
+    encoded = (_ordered_map(pool, encode, jobs, 4 * args.workers, args.workers, 4 * args.workers * _TASK_CHARS)
+               if pool else (encode(job) for job, _ in jobs))
     progress = _Progress(args.log_interval)
     written = tokens = 0
     try:

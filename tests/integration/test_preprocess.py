@@ -88,6 +88,42 @@ def test_round_trip_every_tokenizer(tmp_path, tokenizer_files, kind, compress):
         assert tok.detokenize(ids[:-1]) == text
 
 
+def test_sentencepiece_and_tiktoken_files(tmp_path):
+    """SPMTokenizer (a SentencePiece model trained here) and TiktokenTokenizer (a rank file
+    written here) write .bin/.idx of the library's ids; with 2 workers too. A model file that does
+    not parse is one line and exit 1."""
+    import base64
+
+    import sentencepiece
+
+    (tmp_path / "corpus.txt").write_text("\n".join(TEXTS * 50))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "spm"), vocab_size=80,
+        hard_vocab_limit=False, user_defined_symbols=["<|endoftext|>"], minloglevel=2)
+    ranks = [bytes([i]) for i in range(256)] + [b"th", b"he", b"the", b" the", b"in", b"ing"]
+    (tmp_path / "tiny.tiktoken").write_bytes(b"".join(base64.b64encode(t) + b" %d\n" % i
+                                                      for i, t in enumerate(ranks)))
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS * 3])
+    for kind, vocab in (("SPMTokenizer", "spm.model"), ("TiktokenTokenizer", "tiny.tiktoken")):
+        tok = build_tokenizer_from(kind, str(tmp_path / vocab))
+        for workers in ("1", "2"):
+            out = tmp_path / f"out_{kind}_{workers}"
+            result = tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(out), "--append-eod",
+                          "--tokenizer-type", kind, "--vocab-file", str(tmp_path / vocab), "--workers", workers,
+                          "--batch-size", "5")
+            assert result.returncode == 0, result.stderr
+            ds = MMapIndexedDataset(f"{out}_text_document")
+            assert [ds[i].tolist() for i in range(ds.num_documents)] == [
+                tok.tokenize(t) + [tok.eod] for t in TEXTS * 3]
+    (tmp_path / "junk.model").write_bytes(b"junk")
+    bad = tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(tmp_path / "out_bad"),
+               "--tokenizer-type", "SPMTokenizer", "--vocab-file", str(tmp_path / "junk.model"))
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("preprocess_data.py: error: vocab_file: ")
+    assert "junk.model is not a SentencePiece model" in bad.stderr
+    assert not list(tmp_path.glob("out_bad*"))
+
+
 def test_two_keys_two_outputs_and_workers_give_identical_bytes(tmp_path, tokenizer_files):
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": t, "title": t[:10]} for t in TEXTS * 30])
     outs = []
@@ -361,3 +397,24 @@ sys.exit(preprocess_data.main(["--input", {str(src)!r}, "--output-prefix", {str(
     assert result.returncode == 130, result.stderr
     assert "interrupted; no output written" in result.stderr and "Traceback" not in result.stderr
     assert leftovers(tmp_path) == []
+
+
+def test_long_documents_split_exactly_or_skipped_over_the_limit(tmp_path, tokenizer_files):
+    """--max-document-chars 100: longer documents are tokenized in pieces with the ids of one call
+    (a byte-level BPE splits exactly); one without a line break or space to split at is skipped
+    and reported by file:line, and --strict makes it fatal."""
+    texts = [*TEXTS, "word, then 42 more words\nand lines " * 12, "y" * 300, "last one"]
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in texts])
+    result = tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(tmp_path / "out"),
+                  "--max-document-chars", "100", "--workers", "2", *tok_args("HFTokenizer", tokenizer_files))
+    assert result.returncode == 0, result.stderr
+    assert "in.jsonl:6: document too long (300 characters, over the limit of 100" in result.stderr
+    assert "skipped: document too long: 1" in result.stdout
+    tok = build_tokenizer_from("HFTokenizer", tokenizer_files["json"])
+    ds = MMapIndexedDataset(f"{tmp_path / 'out'}_text_document")
+    kept = texts[:5] + texts[6:]
+    assert [ds[i].tolist() for i in range(ds.num_documents)] == [tok.tokenize(t) for t in kept]
+    strict = tool("preprocess_data.py", "--input", str(src), "--output-prefix", str(tmp_path / "strict"),
+                  "--max-document-chars", "100", "--strict", *tok_args("HFTokenizer", tokenizer_files))
+    assert strict.returncode == 1 and "--max-document-chars raises the limit" in strict.stderr
+    assert not list(tmp_path.glob("strict*"))
