@@ -1,0 +1,1 @@
+"""Data curation before preprocessing: deduplication, filters, PII, decontamination, statistics."""
