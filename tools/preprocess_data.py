@@ -23,11 +23,19 @@ document sizes: the token id where the loss counts, -100 where it does not). Tra
 train_data_paths: [".../sft_text_document"] and train_label_data_paths: [".../sft_label_document"].
 --prompt-key/--completion-key: the prompt (masked) is followed directly by the completion
 (trained on; with --append-eod the eod after it too). --chat-key: a list of {"role", "content"}
-messages, each turn rendered as "<|ROLE|>\\n" + content + eod; the content and eod of the
---generation-role turns (assistant) are trained on (--only-last-turn: of the last one only),
-everything else is masked (--append-eod: prompt/completion only, the chat template already ends
-every turn with eod). Records with nothing to train on (an empty completion, no assistant turn)
-are skipped and counted. See docs/data.md.
+messages, rendered with the model's chat template when its tokenizer_config.json has one
+(--chat-template-from DIR, or the HFTokenizer file's directory; transformers' ids, then its eos),
+else each turn as "<|ROLE|>\\n" + content + eod; the --generation-role turns (assistant) are
+trained on (--only-last-turn: the last one only), everything else is masked. Records with
+nothing to train on (an empty completion, no assistant turn) are skipped and counted.
+
+Preference data (--chosen-key/--rejected-key; strings after --prompt-key, or message lists)
+writes {output_prefix}_chosen_document, _chosen_label_document, _rejected_document and
+_rejected_label_document (GPT-NeoX's pos/neg_train_data_paths and their label paths; --for-rm:
+its reward-model labels); KTO data (--reward-key label: true/false) writes _text_document,
+_label_document and _reward_document (int32, one value per record: train_reward_data_paths).
+A record without chosen or rejected, or whose chosen equals its rejected, is a bad line. See
+docs/data.md.
 
 Bad input: a line that is not UTF-8, not JSON, or lacks a key (or holds the wrong type there)
 is skipped, counted and reported as file:line (--strict: the first one is fatal); empty
@@ -62,6 +70,19 @@ from megatron_lite.data.indexed_dataset import (
     data_file_path,
     index_file_path,
 )
+from megatron_lite.data.preference import (
+    encode_records,
+    pack_records,
+    record_chars,
+    record_outputs,
+    write_records,
+)
+from megatron_lite.data.preprocess_args import (
+    RECORD_MODES,
+    add_record_args,
+    check_record_args,
+    record_parser,
+)
 from megatron_lite.data.readers import (
     Document,
     InputError,
@@ -71,12 +92,7 @@ from megatron_lite.data.readers import (
     input_kind,
     iter_documents,
 )
-from megatron_lite.data.sft import (
-    LABEL_DTYPE,
-    chat_parser,
-    encode_segments,
-    prompt_completion_parser,
-)
+from megatron_lite.data.sft import LABEL_DTYPE, encode_segments, prompt_completion_parser
 from megatron_lite.tokenizer import TOKENIZER_TYPES, build_tokenizer_from
 from megatron_lite.tokenizer.long_text import (
     DEFAULT_MAX_DOCUMENT_CHARS,
@@ -119,44 +135,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(default %(default)s)")
     p.add_argument("--txt-blocks", action="store_true",
                    help=".txt inputs: one document per blank-line-separated block (default: per file)")
-    _add_sft_args(p)
+    add_record_args(p)
     args = p.parse_args(argv)
     if args.workers < 1 or args.batch_size < 1 or args.log_interval < 1:
         p.error("--workers, --batch-size and --log-interval must be at least 1")
     if args.max_document_chars < 0:
         p.error("--max-document-chars must be at least 0")
-    _check_sft_args(p, args)
+    check_record_args(p, args)
     return args
-
-
-def _add_sft_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("supervised fine-tuning (writes _text_document and _label_document)")
-    g.add_argument("--prompt-key", default=None, metavar="KEY",
-                   help="prompt/completion records: the prompt's key (masked; default prompt)")
-    g.add_argument("--completion-key", default=None, metavar="KEY",
-                   help="prompt/completion records: the completion's key (trained on; default completion)")
-    g.add_argument("--chat-key", default=None, metavar="KEY",
-                   help='chat records: the key of the list of {"role", "content"} messages (e.g. messages)')
-    g.add_argument("--generation-role", default=None, metavar="ROLE",
-                   help="chat: the role whose turns are trained on (default assistant)")
-    g.add_argument("--only-last-turn", "--only-last", action="store_true",
-                   help="chat: train on the last --generation-role turn only")
-
-
-def _check_sft_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Sets ``args.mode`` ("text", "prompt" or "chat") and the defaults that depend on it."""
-    pairs = args.prompt_key is not None or args.completion_key is not None
-    args.mode = "chat" if args.chat_key is not None else "prompt" if pairs else "text"
-    if pairs and args.chat_key is not None:
-        p.error("give --prompt-key/--completion-key or --chat-key, not both")
-    if args.mode != "chat" and (args.only_last_turn or args.generation_role is not None):
-        p.error("--only-last-turn and --generation-role need --chat-key")
-    if args.mode != "text" and (args.jsonl_keys is not None or args.txt_blocks):
-        p.error("--jsonl-keys and --txt-blocks do not apply to --prompt-key/--completion-key/--chat-key")
-    args.jsonl_keys = args.jsonl_keys or ["text"]
-    if args.mode == "prompt":
-        args.prompt_key, args.completion_key = args.prompt_key or "prompt", args.completion_key or "completion"
-    args.generation_role = args.generation_role or "assistant"
 
 
 def _tokenizer_type(value: str) -> str:
@@ -204,6 +190,11 @@ def _encode(batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def _encode_sft(batch: list[list[Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One supervised task: documents of segments -> (tokens, labels, tokens per document)."""
     return encode_segments(_WORKER["encoder"], batch, _WORKER["dtype"], _WORKER["fix"])
+
+
+def _encode_records(task: list[Any]) -> tuple:
+    """One chat / preference / KTO task: see megatron_lite.data.preference.encode_records."""
+    return encode_records(_WORKER["encoder"], task, _WORKER["dtype"], _WORKER["fix"])
 
 
 def _batches(docs: Iterator[Document], size: int, limit: int | None, chars: Callable[[Document], int],
@@ -294,7 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.mode != "text":  # before any work: a .txt input would only fail when reached
         for path in paths:
             if input_kind(path) != "jsonl":
-                raise InputError(f"{path}: --{args.mode}-key reads JSON records (.jsonl, .jsonl.zst, .jsonl.gz)")
+                raise InputError(f"{path}: {args.mode} mode reads JSON records (.jsonl, .jsonl.zst, .jsonl.gz)")
     os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
     builders: dict[str, MMapIndexedDatasetBuilder] = {}
     pool = None
@@ -333,6 +324,8 @@ def _outputs(args: argparse.Namespace, dtype: Any) -> dict[str, tuple[str, Any]]
     """{builder name: (output prefix, dtype)}: one per key, or the tokens and labels of SFT data."""
     if args.mode == "text":
         return {k: (f"{args.output_prefix}_{k}_document", dtype) for k in args.jsonl_keys}
+    if args.mode in RECORD_MODES:  # chat, preference and KTO data: megatron_lite.data.preference
+        return record_outputs(args.mode, args.output_prefix, dtype)
     # GPT-NeoX's preprocess_data_with_mask.py names: {prefix}_text_document, {prefix}_label_document.
     return {"text": (f"{args.output_prefix}_text_document", dtype),
             "label": (f"{args.output_prefix}_label_document", LABEL_DTYPE)}
@@ -341,6 +334,8 @@ def _outputs(args: argparse.Namespace, dtype: Any) -> dict[str, tuple[str, Any]]
 def _too_long(args: argparse.Namespace) -> Callable[[Document], str | None]:
     """Why a document is refused for its size, None when it is not (--max-document-chars)."""
     encoder = _WORKER["encoder"]
+    if args.mode in RECORD_MODES:
+        return lambda doc: encoder.too_long_record(record_chars(doc))
     if args.mode != "text":
         return lambda doc: encoder.too_long_record(_segment_chars(doc))
     return lambda doc: next(filter(None, (encoder.too_long(doc.texts[k]) for k in args.jsonl_keys)), None)
@@ -350,8 +345,8 @@ def _parser(args: argparse.Namespace) -> RecordParser | None:
     """How a JSON record becomes a document: None (a string per --jsonl-keys key) or SFT's."""
     if args.mode == "prompt":
         return prompt_completion_parser(args.prompt_key, args.completion_key, args.append_eod)
-    if args.mode == "chat":
-        return chat_parser(args.chat_key, args.generation_role, args.only_last_turn)
+    if args.mode in RECORD_MODES:  # in this process: a chat template is rendered here
+        return record_parser(args, _WORKER["tok"], _WORKER["fix"])
     return None
 
 
@@ -363,6 +358,9 @@ def _consume(args: argparse.Namespace, pool: Any, docs: Iterator[Document],
         jobs = _batches(docs, args.batch_size, args.num_docs, functools.partial(_text_chars, keys),
                         functools.partial(_key_major, keys))
         encode, write = _encode, functools.partial(_write_keys, builders, keys)
+    elif args.mode in RECORD_MODES:
+        jobs = _batches(docs, args.batch_size, args.num_docs, record_chars, pack_records)
+        encode, write = _encode_records, functools.partial(write_records, builders)
     else:
         jobs = _batches(docs, args.batch_size, args.num_docs, _segment_chars,
                         lambda batch: [doc.texts["segments"] for doc in batch])

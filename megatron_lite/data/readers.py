@@ -216,14 +216,18 @@ def _decode(raw: bytes, where: str, stats: ReadStats, strict: bool) -> str | Non
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
 
-def _has_lone_surrogate(fields: dict[str, Any]) -> bool:
-    for value in fields.values():
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-    return False
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string anywhere in ``value`` holds one: a parser's fields nest strings in lists,
+    tuples and dicts (SFT segments, chat messages, preference documents)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, (list, tuple)) and any(_has_lone_surrogate(v) for v in value)
 
 
 def read_jsonl(path: str, keys: list[str], stats: ReadStats, strict: bool,

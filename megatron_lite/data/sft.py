@@ -72,12 +72,12 @@ def chat_parser(chat_key: str = "messages", generation_role: str = "assistant",
                 only_last_turn: bool = False) -> RecordParser:
     """Records with a list of ``{"role", "content"}`` messages -> ``{"segments": ...}``."""
     def parse(record: dict) -> dict[str, Any]:
-        return {"segments": render_chat(_messages(record, chat_key), generation_role, only_last_turn)}
+        return {"segments": render_chat(chat_messages(record, chat_key), generation_role, only_last_turn)}
 
     return parse
 
 
-def _messages(record: dict, key: str) -> list[dict]:
+def chat_messages(record: dict, key: str) -> list[dict]:
     """The validated message list under ``key`` (BadRecord naming the first problem)."""
     if key not in record:
         raise BadRecord(MISSING_KEY, f" {key!r}")
@@ -97,14 +97,20 @@ def _messages(record: dict, key: str) -> list[dict]:
     return messages
 
 
-def render_chat(messages: list[dict], generation_role: str = "assistant",
-                only_last_turn: bool = False) -> list[Segment]:
-    """The chat template (module docstring) as segments; BadRecord without a turn to train on."""
-    trained = [i for i, m in enumerate(messages) if m["role"] == generation_role]
+def trained_turns(messages: list[dict], generation_role: str = "assistant", only_last_turn: bool = False,
+                  first: int = 0) -> list[int]:
+    """Indices of the turns trained on: the ``generation_role`` turns from ``first`` on (the turns
+    before it are an explicit prompt), or the last of them; BadRecord when there is none."""
+    trained = [i for i, m in enumerate(messages) if i >= first and m["role"] == generation_role]
     if not trained:
         raise BadRecord(NOTHING_TO_TRAIN, f" (no {generation_role!r} turn)")
-    if only_last_turn:
-        trained = trained[-1:]
+    return trained[-1:] if only_last_turn else trained
+
+
+def render_chat(messages: list[dict], generation_role: str = "assistant",
+                only_last_turn: bool = False, first: int = 0) -> list[Segment]:
+    """The chat template (module docstring) as segments; BadRecord without a turn to train on."""
+    trained = trained_turns(messages, generation_role, only_last_turn, first)
     segments: list[Segment] = []
     for i, message in enumerate(messages):
         train = i in trained
