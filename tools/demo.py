@@ -2,11 +2,12 @@
 """`make demo`: from nothing to a trained model and a generated sample, on this machine.
 
 1. build the sample corpus (this Python's standard library source, no download);
-2. train a 4096-token byte-level BPE tokenizer on it;
-3. preprocess it into .bin/.idx;
-4. train configs/demo.yml for a few minutes (on the GPU when there is one);
-5. generate a continuation of a prompt from the saved checkpoint;
-6. evaluate it through evaluate.py on held-out text (this repository's own Python source, which
+2. clean it (tools/clean_data.py --preset code: duplicates, PII; the report's path is printed);
+3. train a 4096-token byte-level BPE tokenizer on the cleaned corpus;
+4. preprocess it into .bin/.idx;
+5. train configs/demo.yml for a few minutes (on the GPU when there is one);
+6. generate a continuation of a prompt from the saved checkpoint;
+7. evaluate it through evaluate.py on held-out text (this repository's own Python source, which
    the model never saw): perplexity, and BLEU/ROUGE of docstrings generated for ``def`` lines.
 Everything lands under ``demo/`` (override with DEMO_DIR); rerunning reuses finished steps.
 """
@@ -38,10 +39,14 @@ def main() -> int:
     os.makedirs(WORK, exist_ok=True)
     corpus, tokenizer = os.path.join(WORK, "stdlib.jsonl.zst"), os.path.join(WORK, "tokenizer.json")
     prefix = os.path.join(WORK, "stdlib")
-    step("1/6 sample corpus", [PY, f"{REPO}/tools/make_sample_corpus.py", "--output", corpus], corpus)
-    step("2/6 tokenizer", [PY, f"{REPO}/tools/train_tokenizer.py", "--input", corpus,
+    step("1/7 sample corpus", [PY, f"{REPO}/tools/make_sample_corpus.py", "--output", corpus], corpus)
+    clean_dir = os.path.join(WORK, "clean")
+    cleaned = os.path.join(clean_dir, "cleaned.jsonl.zst")
+    step("2/7 clean", [PY, f"{REPO}/tools/clean_data.py", "--input", corpus, "--output-dir", clean_dir,
+                       "--preset", "code", "--workers", "2", "--force"], cleaned)
+    step("3/7 tokenizer", [PY, f"{REPO}/tools/train_tokenizer.py", "--input", cleaned,
                            "--vocab-size", "4096", "--output", tokenizer], tokenizer)
-    step("3/6 preprocess", [PY, f"{REPO}/tools/preprocess_data.py", "--input", corpus, "--output-prefix", prefix,
+    step("4/7 preprocess", [PY, f"{REPO}/tools/preprocess_data.py", "--input", cleaned, "--output-prefix", prefix,
                             "--tokenizer-type", "HFTokenizer", "--vocab-file", tokenizer, "--append-eod",
                             "--workers", "2"], prefix + "_text_document.idx")
     paths = {"data_path": prefix + "_text_document", "vocab_file": tokenizer,
@@ -57,15 +62,15 @@ def main() -> int:
         json.dump(paths, handle, indent=2)
     with open(paths["sample_input_file"], "w") as handle:
         handle.write("def read_config(path):\nclass Cache:\n")
-    step("4/6 train", [PY, f"{REPO}/deepy.py", f"{REPO}/train.py", f"{REPO}/configs/demo.yml", local],
+    step("5/7 train", [PY, f"{REPO}/deepy.py", f"{REPO}/train.py", f"{REPO}/configs/demo.yml", local],
          os.path.join(paths["save"], "latest"))
-    step("5/6 generate", [PY, f"{REPO}/deepy.py", f"{REPO}/generate.py", f"{REPO}/configs/demo.yml", local])
+    step("6/7 generate", [PY, f"{REPO}/deepy.py", f"{REPO}/generate.py", f"{REPO}/configs/demo.yml", local])
     heldout = _write_heldout(os.path.join(WORK, "heldout.jsonl"), os.path.join(WORK, "references.jsonl"))
     eval_cfg = os.path.join(WORK, "eval.yml")
     with open(eval_cfg, "w") as handle:  # bleu_rouge: greedy, up to the closing quotes
         json.dump({"eval_references_file": os.path.join(WORK, "references.jsonl"), "eval_bootstrap_iters": 1000,
                    "maximum_tokens": 16, "temperature": 0.0, "stop_strings": ['"""']}, handle, indent=2)
-    step("6/6 evaluate", [PY, f"{REPO}/deepy.py", f"{REPO}/evaluate.py", f"{REPO}/configs/demo.yml", local,
+    step("7/7 evaluate", [PY, f"{REPO}/deepy.py", f"{REPO}/evaluate.py", f"{REPO}/configs/demo.yml", local,
                           eval_cfg, "--eval_tasks", "perplexity", "bleu_rouge"])
     print(f"   (held-out code: {os.path.relpath(heldout, REPO)}; results in {paths['log_dir']}/eval_results_*.json)")
     print("\nSamples:")
@@ -74,6 +79,7 @@ def main() -> int:
             rec = json.loads(line)
             print(f"--- prompt: {rec['context']!r}\n{rec['context']}{rec['text']}\n")
     latest = open(os.path.join(paths["save"], "latest")).read().strip()
+    print(f"cleaning:   {os.path.join(WORK, 'clean', 'report.html')} (what was removed and why)")
     print(f"checkpoint: {os.path.join(paths['save'], latest)}")
     print(f"logs:       {paths['log_dir']} (metrics.jsonl, rank0.log; TensorBoard: {paths['tensorboard_dir']})")
     print(f"next:       python tools/convert_to_hf.py --input_dir {paths['save']} --output_dir {WORK}/hf")

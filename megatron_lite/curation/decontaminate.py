@@ -15,8 +15,8 @@ helper), ``Janitor.clean`` prints on every call, keeps n-grams as Python strings
 which n-gram matched, and normalizes a punctuation-only word to an empty word when cleaning but
 drops it when registering (so ``a - b`` never matches ``a b``); here both sides share one function.
 
-Memory: only the evaluation side is held, as the 64-bit BLAKE2b hash of each distinct n-gram
-(its words joined by one space, UTF-8) in a sorted numpy array, with its first item (file index,
+Memory: only the evaluation side is held, as the 64-bit hash of each distinct n-gram (a
+polynomial of its words' 64-bit hashes: ``curation/hashing.py``) in a sorted numpy array, with its first item (file index,
 item index) beside it: 16 bytes per n-gram, the same in every process (Python's ``hash`` of a
 ``str`` is salted per process, so workers would disagree). The corpus side streams: one
 document's words at a time. A 64-bit collision is a false hit about once per 1.8e19 / (eval
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -50,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from megatron_lite.curation.hashing import ngram_combine, word_hashes
 from megatron_lite.data.readers import InputError, binary_lines, input_kind
 from megatron_lite.utils.logging import get_logger
 
@@ -105,13 +105,10 @@ def _word_spans(text: str) -> tuple[list[str], list[int], list[int]]:
 
 
 def ngram_hashes(words: list[str], n: int) -> np.ndarray:
-    """[len(words) - n + 1] uint64: BLAKE2b-64 of each n-gram (its words joined by a space)."""
-    count = len(words) - n + 1
-    if count <= 0:
+    """[len(words) - n + 1] uint64: a 64-bit hash of each n-gram (``curation/hashing.py``)."""
+    if len(words) < n:
         return np.zeros(0, dtype=np.uint64)
-    digests = b"".join(hashlib.blake2b(" ".join(words[i:i + n]).encode("utf-8"), digest_size=8).digest()
-                       for i in range(count))
-    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+    return ngram_combine(word_hashes(words), n)
 
 
 def _strings(value: Any) -> Iterator[str]:
