@@ -1,14 +1,15 @@
 #!/usr/bin/env python
-"""Import a Hugging Face GPTNeoX directory as a megatron_lite checkpoint, for any tp size.
+"""Import a Hugging Face GPTNeoX, Llama or Mistral directory as a megatron_lite checkpoint, for any tp size.
 
     python tools/convert_from_hf.py --input_dir hf_model --output_dir ckpt [--model_parallel_size 2]
 
 Writes ``ckpt/latest``, ``ckpt/global_step0/`` (weights, split for the tensor-parallel size)
 and ``ckpt/config.yml``: a ready config (model shape, tokenizer, ``load: ckpt``) so that
 ``./deepy.py generate.py ckpt/config.yml``, ``evaluate.py`` or a fine-tuning run (add your data
-and ``finetune: true``) works right away. Reads config.json in either style (``rotary_pct`` /
-``rotary_emb_base``, or transformers 5 ``rope_parameters``) and model.safetensors (or
-pytorch_model.bin, loaded weights-only). The tokenizer: tokenizer.json (HFTokenizer) or
+and ``finetune: true``) works right away. Reads ``GPTNeoXForCausalLM``, ``LlamaForCausalLM`` and ``MistralForCausalLM``
+directories, config.json in either transformers style (top-level ``rotary_pct`` /
+``rope_theta`` / ``rope_scaling``, or transformers 5 ``rope_parameters``) and model.safetensors
+(sharded or not, or pytorch_model.bin, loaded weights-only). The tokenizer: tokenizer.json (HFTokenizer) or
 vocab.json + merges.txt (GPT2BPETokenizer), copied next to the checkpoint.
 """
 
@@ -31,7 +32,7 @@ from megatron_lite.checkpoint.layout import check_output_dir
 from megatron_lite.checkpoint.loader import load_weights
 from megatron_lite.checkpoint.weights import fit_vocab_rows, write_weights_checkpoint
 from megatron_lite.config import config_from_flat, dump_yaml, pad_vocab_size
-from megatron_lite.config.derived import resolve
+from megatron_lite.config.derived import GLU_ACTIVATIONS, resolve
 from megatron_lite.tokenizer import build_tokenizer_from, vocab_size_of
 from megatron_lite.utils.cli import run_reporting_errors
 from megatron_lite.utils.files import atomic_write_text
@@ -45,7 +46,7 @@ def copy_tokenizer(input_dir: str, output_dir: str) -> tuple[str | None, list[st
     for kind, names in _TOKENIZER_FILES:
         if not all(os.path.isfile(os.path.join(input_dir, n)) for n in names):
             continue
-        try:  # our tokenizer types need <|endoftext|> as end of document
+        try:  # our tokenizer types need an end-of-document token (HFTokenizer: EOD_TOKENS)
             build_tokenizer_from(kind, *[os.path.join(input_dir, n) for n in names])
         except ValueError as exc:
             print(f"note: tokenizer not usable here ({exc}): set tokenizer_type/vocab_file in the config",
@@ -70,7 +71,9 @@ def vocab_divisor(tok_vocab: int, model_vocab: int, tp: int) -> int:
 def ready_config(hf_config: dict, out: str, tp: int, kind: str | None, files: list[str]) -> dict:
     """The flat config.yml: model shape, tokenizer, parallel layout, load/save."""
     vocab = hf_config["vocab_size"]
-    flat = {**model_keys_from_hf(hf_config), "model_parallel_size": tp, "pipe_parallel_size": 0,
+    # Keys left at None (no GQA, no window, no rotary scaling) are their defaults: not written.
+    model = {k: v for k, v in model_keys_from_hf(hf_config).items() if v is not None}
+    flat = {**model, "model_parallel_size": tp, "pipe_parallel_size": 0,
             "load": os.path.abspath(out), "save": os.path.abspath(out)}
     if kind is None:  # the user sets vocab_file (the model's tokenizer) before running anything
         flat.update(tokenizer_type="HFTokenizer", make_vocab_size_divisible_by=128,
@@ -108,7 +111,7 @@ def convert(input_dir: str, output_dir: str, tp: int, force: bool = False) -> tu
         flat = ready_config(hf_config, output_dir, tp, kind, files)
         cfg = resolve(config_from_flat(flat), tp)  # validates: heads divisible by tp, ...
         full = fit_vocab_rows(weights, cfg.model.padded_vocab_size)
-        write_weights_checkpoint(full, output_dir, dump_yaml(cfg), tp, glu=False,
+        write_weights_checkpoint(full, output_dir, dump_yaml(cfg), tp, glu=cfg.model.activation in GLU_ACTIVATIONS,
                                  tokenizer_files=files or None, vocab_size=hf_config["vocab_size"])
     except BaseException:
         if created:
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="example: python tools/convert_from_hf.py --input_dir pythia-160m "
                                        "--output_dir ckpt --model_parallel_size 2")
-    p.add_argument("--input_dir", required=True, help="Hugging Face GPTNeoX directory")
+    p.add_argument("--input_dir", required=True,
+                   help="Hugging Face GPTNeoXForCausalLM, LlamaForCausalLM or MistralForCausalLM directory")
     p.add_argument("--output_dir", required=True, help="checkpoint directory to write (becomes `load`)")
     p.add_argument("--model_parallel_size", type=int, default=1, help="tensor-parallel shards to write")
     p.add_argument("--force", action="store_true", help="replace an existing, non-empty --output_dir")

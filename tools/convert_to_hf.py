@@ -5,10 +5,15 @@
 
 Writes config.json, model.safetensors (transformers' save_pretrained) and, for a tokenizers
 tokenizer (HFTokenizer, GPT2BPETokenizer, HFGPT2Tokenizer), tokenizer.json +
-tokenizer_config.json (PreTrainedTokenizerFast with eos/bos/pad): a GPTNeoXForCausalLM directory
-that ``from_pretrained`` / ``AutoTokenizer.from_pretrained`` load offline. Written to a temporary
-directory and renamed when complete. Options GPTNeoX cannot express (alibi, rmsnorm, swiglu,
-GQA, ...) are an error.
+tokenizer_config.json (PreTrainedTokenizerFast with eos/bos/pad): a directory that
+``from_pretrained`` / ``AutoTokenizer.from_pretrained`` load offline. Written to a temporary
+directory and renamed when complete.
+
+The architecture is the model's: GPTNeoXForCausalLM (LayerNorm, GeLU-family MLP, biases),
+LlamaForCausalLM (rmsnorm, swiglu, full rotary, sequential residual) or, with a sliding
+window, MistralForCausalLM; ``--architecture`` chooses one (a Llama-shaped model can be written
+as Mistral). A model no architecture expresses (alibi, learned positions, ...) is an error
+naming, per architecture, the options it lacks.
 """
 
 from __future__ import annotations
@@ -19,7 +24,12 @@ import os
 import shutil
 import sys
 
-from megatron_lite.checkpoint.hf import UnsupportedForHF, check_exportable, save_hf_model
+from megatron_lite.checkpoint.hf import (
+    ARCHITECTURES,
+    UnsupportedForHF,
+    export_architecture,
+    save_hf_model,
+)
 from megatron_lite.checkpoint.layout import (
     CONFIG_FILE,
     TOKENIZER_DIR,
@@ -28,7 +38,7 @@ from megatron_lite.checkpoint.layout import (
     replace_dir_when_done,
     resolve_step_dir,
 )
-from megatron_lite.checkpoint.loader import load_weights
+from megatron_lite.checkpoint.loader import check_shapes, load_weights
 from megatron_lite.utils.cli import run_reporting_errors
 
 
@@ -72,17 +82,20 @@ def write_tokenizer(step: str, out: str, tokenizer) -> str:
     return "tokenizer.json + tokenizer_config.json"
 
 
-def convert(input_dir: str, output_dir: str, iteration: int | None, force: bool = False) -> str:
+def convert(input_dir: str, output_dir: str, iteration: int | None, force: bool = False,
+            architecture: str | None = None) -> str:
     """Write the HF directory; returns a one-line description of what was written."""
     check_output_dir(input_dir, output_dir, force)
     step = resolve_step_dir(input_dir, iteration)
     cfg, full, tokenizer, vocab = load_weights(step)
-    check_exportable(cfg)  # before writing anything
+    # Before writing anything: an architecture that fits, weights that fit the config.
+    architecture = export_architecture(cfg, architecture)
+    check_shapes(cfg, full, step)
     with replace_dir_when_done(output_dir) as tmp:
         save_hf_model(cfg, full, vocab, tmp, eod=getattr(tokenizer, "eod", None),
-                      pad=getattr(tokenizer, "pad", None))
+                      pad=getattr(tokenizer, "pad", None), architecture=architecture)
         tok_note = write_tokenizer(step, tmp, tokenizer)
-    return f"{cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {vocab}; {tok_note}"
+    return f"{architecture}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {vocab}; {tok_note}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,16 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output_dir", required=True, help="HF directory to write (new or empty)")
     p.add_argument("--force", action="store_true", help="replace an existing, non-empty --output_dir")
     p.add_argument("--iteration", type=int, default=None, help="step to export (default: latest)")
+    p.add_argument("--architecture", choices=ARCHITECTURES, default=None,
+                   help="Hugging Face class to write (default: the one the model's options fit, "
+                        "GPTNeoX, then Llama, then Mistral)")
     args = p.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one summary line instead of a progress bar per file
     ok, note = run_reporting_errors("convert_to_hf.py", "the checkpoint's config",
-                                    lambda: convert(args.input_dir, args.output_dir, args.iteration, args.force),
+                                    lambda: convert(args.input_dir, args.output_dir, args.iteration, args.force,
+                                                    args.architecture),
                                     (CheckpointError, UnsupportedForHF))
     if not ok:
         return 1
-    print(f"wrote {args.output_dir} (GPTNeoXForCausalLM: {note})")
+    print(f"wrote {args.output_dir} ({note})")
     return 0
 
 

@@ -33,11 +33,8 @@ from megatron_lite.checkpoint.layout import (
     resolve_step_dir,
     step_dir_name,
 )
-from megatron_lite.checkpoint.weights import (
-    fit_vocab_rows,
-    read_full_state_dict,
-    write_weights_checkpoint,
-)
+from megatron_lite.checkpoint.loader import load_weights
+from megatron_lite.checkpoint.weights import fit_vocab_rows, write_weights_checkpoint
 from megatron_lite.config import ConfigError, config_from_flat, dump_yaml, pad_vocab_size
 from megatron_lite.config.derived import GLU_ACTIVATIONS, pipe_stages, resolve
 from megatron_lite.config.schema import Config
@@ -51,8 +48,9 @@ def new_config(flat: dict[str, Any], meta: CheckpointMeta, output_dir: str, tp: 
     """The checkpoint's config for the new layout, resolved (and so validated: heads and kv
     heads divisible by tp, ...) for the same data-parallel size as the saved run."""
     # `load` now means "resume from here": not a fine-tuning source, nor a step of the old run.
+    # A LoRA checkpoint is written merged (full weights): no adapters, no base.
     out = {**flat, "model_parallel_size": tp, "pipe_parallel_size": pp, "finetune": False, "iteration": None,
-           "load": os.path.abspath(output_dir), "save": os.path.abspath(output_dir)}
+           "load": os.path.abspath(output_dir), "save": os.path.abspath(output_dir), "lora": None}
     for key in _WORLD_DERIVED:
         out[key] = None
     dp = int(flat.get("data_parallel_size") or 1)
@@ -90,8 +88,9 @@ def reshard(input_dir: str, output_dir: str, tp: int, pp: int, iteration: int | 
     cfg = new_config(flat, meta, output_dir, tp, pp)
     check_layout(cfg, meta, pp)  # everything validated before anything is read or written
     glu = cfg.model.activation in GLU_ACTIVATIONS
-    # Rows past the real vocabulary are padding, whose count depends on tp: re-pad.
-    full = fit_vocab_rows(read_full_state_dict(step, glu=glu), cfg.model.padded_vocab_size)
+    # Rows past the real vocabulary are padding, whose count depends on tp: re-pad. A LoRA
+    # step's weights are its base with the adapters merged in (load_weights).
+    full = fit_vocab_rows(load_weights(step)[1], cfg.model.padded_vocab_size)
     tok_dir = os.path.join(step, TOKENIZER_DIR)
     tokenizer_files = sorted(os.path.join(tok_dir, f) for f in os.listdir(tok_dir)) if os.path.isdir(tok_dir) else None
     with replace_dir_when_done(output_dir) as tmp:

@@ -35,6 +35,7 @@ from megatron_lite.checkpoint.layout import (
     step_dir_name,
     write_latest,
 )
+from megatron_lite.checkpoint.lora import check_resumable
 from megatron_lite.checkpoint.safe_load import deepspeed_may_load, safe_torch_load
 from megatron_lite.config import Config, dump_yaml
 from megatron_lite.parallel.random import get_rng_tracker
@@ -60,7 +61,9 @@ def save_checkpoint(engine: Any, cfg: Config, iteration: int, consumed_samples: 
     tag = step_dir_name(iteration)
     step_dir = os.path.join(save_dir, tag)
     _clear_for(step_dir)
-    failure = _write_rank_files(engine, save_dir, step_dir, iteration, consumed_samples)
+    # LoRA: the frozen base is not saved (its source is in config.yml: checkpoint/lora.py).
+    failure = _write_rank_files(engine, save_dir, step_dir, iteration, consumed_samples,
+                                adapters_only=bool(cfg.post_training.lora))
     if dist.get_rank() == 0 and failure is None:
         meta = CheckpointMeta(iteration, consumed_samples, cfg.parallel.model_parallel_size,
                               cfg.parallel.pipe_parallel_size, vocab_size=vocab_size)
@@ -78,12 +81,16 @@ def save_checkpoint(engine: Any, cfg: Config, iteration: int, consumed_samples: 
 
 
 def _write_rank_files(engine: Any, save_dir: str, step_dir: str, iteration: int,
-                      consumed_samples: int) -> OSError | None:
+                      consumed_samples: int, adapters_only: bool = False) -> OSError | None:
     """This rank's part of the step (DeepSpeed's files, its RNG states), on disk; then every
-    rank has written (barrier). Returns the OSError (a full disk, ...) instead of raising it."""
+    rank has written (barrier). Returns the OSError (a full disk, ...) instead of raising it.
+    ``adapters_only``: the parameters that train, not the frozen ones."""
+    frozen = {"exclude_frozen_parameters": True} if adapters_only else {}
+
     def write() -> None:
         engine.save_checkpoint(save_dir, tag=os.path.basename(step_dir), save_latest=False,
-                               client_state={"iteration": iteration, "consumed_train_samples": consumed_samples})
+                               client_state={"iteration": iteration, "consumed_train_samples": consumed_samples},
+                               **frozen)
         tracker = get_rng_tracker().snapshot()
         rng = {"torch": torch.get_rng_state(), "tracker": tracker[0]}
         if torch.cuda.is_available():
@@ -195,6 +202,7 @@ def load_for_resume(engine: Any, cfg: Config) -> tuple[int, int]:
 def _resume(engine: Any, step_dir: str, cfg: Config) -> tuple[int, int]:
     ck = cfg.checkpoint
     meta = read_meta(step_dir)
+    check_resumable(step_dir, cfg.post_training.lora)
     if meta.weights_only:
         return _resume_weights_only(engine, step_dir, meta)
     layout = (cfg.parallel.model_parallel_size, cfg.parallel.pipe_parallel_size)
@@ -210,6 +218,8 @@ def _resume(engine: Any, step_dir: str, cfg: Config) -> tuple[int, int]:
             _, client = engine.load_checkpoint(
                 load_dir, tag=tag, load_optimizer_states=not ck.no_load_optim,
                 load_lr_scheduler_states=not ck.no_load_optim,
+                # LoRA: the step holds the adapters; the frozen base is already loaded.
+                load_module_strict=not cfg.post_training.lora,
             )
         except (RuntimeError, KeyError, ValueError, OSError) as exc:  # damaged content
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]

@@ -1,4 +1,6 @@
-"""Hugging Face ``GPTNeoXForCausalLM`` <-> megatron_lite: configs and weights.
+"""Hugging Face ``GPTNeoXForCausalLM`` <-> megatron_lite: configs and weights; and the one
+dispatch by architecture (``model_type`` on import, ``export_architecture`` on export) to
+``hf_llama.py`` for ``LlamaForCausalLM`` / ``MistralForCausalLM``.
 
 Names map one to one (GPT-NeoX's layout is HF's, including the per-head ``[heads, 3, head_dim]``
 rows of ``query_key_value``): ``gpt_neox.X`` <-> ``X``, except ``gpt_neox.final_layer_norm`` <->
@@ -10,7 +12,7 @@ they are added (zeros) on import and dropped on export.
 ``config.json`` comes in two styles, both read: older transformers (the Pythia checkpoints) put
 ``rotary_pct`` / ``rotary_emb_base`` at top level, transformers 5 writes
 ``rope_parameters: {rope_theta, partial_rotary_factor}``. We write both, so old and new readers
-agree.
+agree. Rotary scaling (``rope_scaling``: linear, llama3) converts both ways.
 
 What GPTNeoX cannot express (ALiBi / learned / sinusoidal / no positions, RMSNorm, GLU
 activations, grouped-query attention, MLP or norm without biases) raises ``UnsupportedForHF``
@@ -25,8 +27,24 @@ from typing import Any
 
 import torch
 
+from megatron_lite.checkpoint.hf_common import (
+    HEAD,
+    UnsupportedForHF,
+    common_hf_config,
+    common_keys_from_hf,
+    rope_from_hf,
+    rope_parameters,
+    save_with_transformers,
+    vocab_rows_and_head,
+)
+from megatron_lite.checkpoint.hf_llama import ARCHITECTURES as LLAMA_ARCHITECTURES
+from megatron_lite.checkpoint.hf_llama import (
+    llama_problems,
+    model_keys_from_llama,
+    save_llama_model,
+    state_dict_from_llama,
+)
 from megatron_lite.checkpoint.safe_load import safe_torch_load
-from megatron_lite.checkpoint.weights import fit_vocab_rows
 from megatron_lite.config.schema import ModelConfig
 from megatron_lite.utils.logging import get_logger
 
@@ -42,13 +60,13 @@ _ACT_FROM_HF = {"gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu",
                 "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}  # the last two: tanh GeLU
 _TANH_GELU_HF = ("gelu_new", "gelu_pytorch_tanh")  # our gelu with bias_gelu_fusion (GPT-NeoX's kernel)
 
+# model_type -> the architecture it converts to and from.
+MODEL_TYPES = {"gpt_neox": "GPTNeoXForCausalLM", **LLAMA_ARCHITECTURES}
+ARCHITECTURES = tuple(MODEL_TYPES.values())
 
-class UnsupportedForHF(ValueError):
-    """A model option (ours or in a config.json) that the other side cannot express."""
 
-
-def check_exportable(cfg: ModelConfig) -> None:
-    """Raise ``UnsupportedForHF`` listing every option that HF GPTNeoX cannot represent."""
+def _neox_problems(cfg: ModelConfig) -> list[str]:
+    """What HF GPTNeoX cannot represent of ``cfg``."""
     problems = []
     if cfg.pos_emb != "rotary":
         problems.append(f"pos_emb: {cfg.pos_emb} (HF GPTNeoX has rotary positions only)")
@@ -62,74 +80,93 @@ def check_exportable(cfg: ModelConfig) -> None:
         problems.append(f"num_kv_heads: {cfg.num_kv_heads} (grouped-query attention)")
     if not cfg.use_bias_in_mlp:
         problems.append("use_bias_in_mlp: false (HF GPTNeoX's MLP has biases)")
+    if cfg.sliding_window_width is not None:
+        problems.append(f"sliding_window_width: {cfg.sliding_window_width} (HF GPTNeoX attends to the whole context)")
+    return problems
+
+
+def _problems(cfg: ModelConfig, architecture: str) -> list[str]:
+    return _neox_problems(cfg) if architecture == "GPTNeoXForCausalLM" else llama_problems(cfg, architecture)
+
+
+def check_exportable(cfg: ModelConfig, architecture: str = "GPTNeoXForCausalLM") -> None:
+    """Raise ``UnsupportedForHF`` listing every option that ``architecture`` cannot represent."""
+    problems = _problems(cfg, architecture)
     if problems:
-        raise UnsupportedForHF("Hugging Face GPTNeoX cannot express: " + "; ".join(problems))
+        raise UnsupportedForHF(f"Hugging Face {architecture} cannot express: " + "; ".join(problems))
+
+
+def export_architecture(cfg: ModelConfig, requested: str | None = None) -> str:
+    """The architecture to export ``cfg`` as: ``requested`` if it can express the model, else
+    the first of GPTNeoX, Llama, Mistral that can (Mistral only for a sliding window, which is
+    all Mistral adds to Llama); none: an error naming, per architecture, the options it lacks."""
+    if requested is not None:
+        if requested not in ARCHITECTURES:
+            raise UnsupportedForHF(f"architecture {requested!r}: choose one of {', '.join(ARCHITECTURES)}")
+        check_exportable(cfg, requested)
+        return requested
+    found = {arch: _problems(cfg, arch) for arch in ARCHITECTURES}
+    fitting = [arch for arch, problems in found.items() if not problems]
+    if fitting:
+        return fitting[0]
+    raise UnsupportedForHF("no Hugging Face architecture expresses this model: " + "; ".join(
+        f"{arch} lacks {', '.join(problems)}" for arch, problems in found.items()))
 
 
 def hf_config_dict(cfg: ModelConfig, vocab_size: int, eod: int | None, pad: int | None) -> dict[str, Any]:
     """``config.json`` content for transformers' GPTNeoXConfig (both rotary spellings)."""
     check_exportable(cfg)
     return {
+        **common_hf_config(cfg, vocab_size, eod, pad),
         "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
-        "vocab_size": vocab_size, "hidden_size": cfg.hidden_size,
-        "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_attention_heads,
-        "intermediate_size": cfg.mlp_inner_size,
         "hidden_act": "gelu_new" if cfg.activation == "gelu" and cfg.bias_gelu_fusion else _ACT_TO_HF[cfg.activation],
-        "max_position_embeddings": cfg.max_position_embeddings,
         "rotary_pct": cfg.rotary_pct, "rotary_emb_base": cfg.rotary_emb_base,
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.rotary_emb_base),
-                            "partial_rotary_factor": cfg.rotary_pct},
-        "use_parallel_residual": cfg.gpt_j_residual, "tie_word_embeddings": not cfg.no_weight_tying,
+        "rope_parameters": rope_parameters(cfg, partial=True),
+        "use_parallel_residual": cfg.gpt_j_residual,
         "layer_norm_eps": cfg.layernorm_epsilon, "attention_bias": cfg.use_bias_in_attn_linear,
-        "initializer_range": cfg.init_method_std, "hidden_dropout": cfg.hidden_dropout,
-        "attention_dropout": cfg.attention_dropout,
-        "bos_token_id": eod, "eos_token_id": eod, "pad_token_id": pad, "use_cache": True,
+        "hidden_dropout": cfg.hidden_dropout,
     }
 
 
-def _rotary_from_hf(hf: dict[str, Any]) -> tuple[float, int]:
-    """(rotary_pct, rotary_emb_base) from either config.json style."""
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", None):
-        raise UnsupportedForHF(f"rope_parameters.rope_type {rope_type!r}: only default rotary is implemented")
-    # transformers' own defaults when a key is absent: 0.25 and 10000.
-    pct = float(rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)))
-    base = float(rope.get("rope_theta", hf.get("rotary_emb_base", 10000)))
-    if base != int(base):
-        raise UnsupportedForHF(f"rope_theta {base}: rotary_emb_base must be an integer here")
-    return pct, int(base)
-
-
 def model_keys_from_hf(hf: dict[str, Any], seq_length: int | None = None) -> dict[str, Any]:
-    """Flat GPT-NeoX config keys (ours) from an HF GPTNeoX ``config.json``, either style.
+    """Flat GPT-NeoX config keys (ours) from an HF ``config.json`` (either transformers style)
+    of a supported ``model_type``; any other is an error naming it and the supported ones.
 
     ``seq_length`` defaults to (and is capped at) ``max_position_embeddings``.
     """
-    if hf.get("model_type") not in (None, "gpt_neox"):
-        raise UnsupportedForHF(f"model_type {hf.get('model_type')!r}: only gpt_neox (GPTNeoXForCausalLM) models convert")
+    model_type = hf.get("model_type", "gpt_neox")  # very old GPTNeoX files carry none
+    if model_type in LLAMA_ARCHITECTURES:
+        return model_keys_from_llama(hf, seq_length)
+    if model_type != "gpt_neox":
+        supported = ", ".join(f"{t} ({a})" for t, a in MODEL_TYPES.items())
+        raise UnsupportedForHF(f"model_type {model_type!r} ({', '.join(hf.get('architectures') or [])}) "
+                               f"is not supported: supported model_types are {supported}")
+    return _neox_keys_from_hf(hf, seq_length)
+
+
+def _neox_keys_from_hf(hf: dict[str, Any], seq_length: int | None) -> dict[str, Any]:
     act = hf.get("hidden_act", "gelu")
     if act not in _ACT_FROM_HF:
         raise UnsupportedForHF(f"hidden_act {act!r}: convertible are {', '.join(_ACT_FROM_HF)}")
-    rotary_pct, base = _rotary_from_hf(hf)
-    max_pos = hf["max_position_embeddings"]
+    rotary_pct, base, scaling = rope_from_hf(hf, default_pct=0.25)  # transformers' default
     return {
-        "num_layers": hf["num_hidden_layers"], "hidden_size": hf["hidden_size"],
-        "num_attention_heads": hf["num_attention_heads"],
-        # HF's intermediate_size is the literal width; GPT-NeoX's key of that name is not.
-        "mlp_inner_size": hf["intermediate_size"],
-        "seq_length": min(seq_length or max_pos, max_pos), "max_position_embeddings": max_pos,
-        "pos_emb": "rotary", "rotary_pct": rotary_pct, "rotary_emb_base": base,
+        **common_keys_from_hf(hf, seq_length),
+        "rotary_pct": rotary_pct, "rotary_emb_base": base, "rope_scaling": scaling,
         "gpt_j_residual": bool(hf.get("use_parallel_residual", True)),
-        "no_weight_tying": not hf.get("tie_word_embeddings", False),
         "layernorm_epsilon": float(hf.get("layer_norm_eps", 1e-5)), "norm": "layernorm",
         "activation": _ACT_FROM_HF[act], "bias_gelu_fusion": act in _TANH_GELU_HF,
         "use_bias_in_attn_linear": bool(hf.get("attention_bias", True)),
         "use_bias_in_mlp": True, "use_bias_in_norms": True,
         "hidden_dropout": float(hf.get("hidden_dropout", 0.0)),
-        "attention_dropout": float(hf.get("attention_dropout", 0.0)),
-        "init_method_std": float(hf.get("initializer_range", 0.02)),
     }
+
+
+def weights_from_hf(hf_config: dict[str, Any], hf_sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """An HF directory's weights -> our full (tp = 1) state dict, by its ``model_type``
+    (``cfg``: the model config ``model_keys_from_hf`` gave, resolved)."""
+    if hf_config.get("model_type") in LLAMA_ARCHITECTURES:
+        return state_dict_from_llama(hf_sd, cfg, hf_config["vocab_size"])
+    return state_dict_from_hf(hf_sd, cfg.padded_vocab_size, tied=not cfg.no_weight_tying)
 
 
 def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], padded_vocab: int, tied: bool) -> dict[str, torch.Tensor]:
@@ -144,22 +181,14 @@ def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], padded_vocab: int, tied: 
             continue  # causal-mask and rotary buffers of older files, not weights
         if key in HEAD_KEYS:
             if not tied:
-                out["lm_head.embed_out.weight"] = value
+                out[HEAD] = value
             continue
         name = key.removeprefix("gpt_neox.").replace("final_layer_norm", "final_layernorm")
         if name == "embed_in.weight":
             out["embedding.word_embeddings.weight"] = value
         else:
             out[name] = value
-    if "embedding.word_embeddings.weight" not in out:
-        raise UnsupportedForHF("the weights have no gpt_neox.embed_in.weight: not a GPTNeoX model")
-    if not tied and "lm_head.embed_out.weight" not in out:
-        raise UnsupportedForHF("untied model (tie_word_embeddings false) without an LM head "
-                               "(embed_out.weight / lm_head.weight): a bare GPTNeoXModel?")
-    rows = out["embedding.word_embeddings.weight"].shape[0]
-    if rows > padded_vocab:
-        raise UnsupportedForHF(f"vocabulary of {rows} rows exceeds padded_vocab_size {padded_vocab}")
-    return fit_vocab_rows(out, padded_vocab)
+    return vocab_rows_and_head(out, padded_vocab, tied, "GPTNeoX")
 
 
 def state_dict_to_hf(sd: dict[str, torch.Tensor], vocab_size: int, head_name: str = "embed_out.weight") -> dict[str, torch.Tensor]:
@@ -180,34 +209,22 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], vocab_size: int, head_name: st
 
 
 def save_hf_model(cfg: ModelConfig, full: dict[str, torch.Tensor], vocab_size: int, out_dir: str,
-                  eod: int | None = None, pad: int | None = None) -> None:
-    """Write a ``GPTNeoXForCausalLM`` directory (config.json, model.safetensors,
-    generation_config.json) with transformers' own ``save_pretrained``.
-
-    The model is built on the meta device and the weights assigned, so no memory or time goes
-    to a random init that would be overwritten.
-    """
+                  eod: int | None = None, pad: int | None = None,
+                  architecture: str = "GPTNeoXForCausalLM") -> None:
+    """Write an ``architecture`` directory (config.json, model.safetensors,
+    generation_config.json) with transformers' own ``save_pretrained``."""
+    if architecture != "GPTNeoXForCausalLM":
+        check_exportable(cfg, architecture)
+        save_llama_model(cfg, full, vocab_size, out_dir, eod, pad, architecture)
+        return
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     config = hf_config_dict(cfg, vocab_size, eod, pad)
-    legacy = {k: config.pop(k) for k in ("rotary_pct", "rotary_emb_base")}
-    with torch.device("meta"):
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(**config))
-    weights = state_dict_to_hf(full, vocab_size, head_name="lm_head.weight")
-    result = model.load_state_dict(weights, strict=False, assign=True)
-    tied_head = ["lm_head.weight"] if not cfg.no_weight_tying else []
-    if result.unexpected_keys or sorted(result.missing_keys) != tied_head:
-        raise UnsupportedForHF(f"weights do not fit GPTNeoXForCausalLM: missing {result.missing_keys}, "
-                               f"unexpected {result.unexpected_keys}")
-    if not cfg.no_weight_tying:
-        model.tie_weights()
-    model.save_pretrained(out_dir, safe_serialization=True)
     # Older transformers (and other GPT-NeoX readers) look for the top-level rotary keys.
-    path = os.path.join(out_dir, "config.json")
-    with open(path, encoding="utf-8") as handle:
-        written = json.load(handle)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump({**written, **legacy}, handle, indent=2, sort_keys=True)
+    legacy = {k: config.pop(k) for k in ("rotary_pct", "rotary_emb_base")}
+    save_with_transformers(GPTNeoXForCausalLM, GPTNeoXConfig(**config),
+                           state_dict_to_hf(full, vocab_size, head_name="lm_head.weight"),
+                           not cfg.no_weight_tying, out_dir, legacy)
 
 
 def is_hf_dir(path: str) -> bool:

@@ -1,5 +1,5 @@
-"""The one loader: weights from our checkpoints (any tp/pp layout) or a Hugging Face GPTNeoX
-directory, for every reader (the Python API, generation, evaluation, fine-tuning, the tools).
+"""The one loader: weights from our checkpoints (any tp/pp layout) or a Hugging Face GPTNeoX,
+Llama or Mistral directory, for every reader (the Python API, generation, evaluation, fine-tuning, the tools).
 
     cfg, full, tokenizer, vocab = load_weights(path)            # full tp = 1 state dict
     load_model_weights(module, run_cfg, tp_rank, pipelined)      # this rank's share, in place
@@ -23,7 +23,7 @@ from megatron_lite.checkpoint.hf import (
     model_keys_from_hf,
     read_hf_config,
     read_hf_dir,
-    state_dict_from_hf,
+    weights_from_hf,
 )
 from megatron_lite.checkpoint.layout import (
     TOKENIZER_DIR,
@@ -32,6 +32,7 @@ from megatron_lite.checkpoint.layout import (
     read_step_config,
     resolve_step_dir,
 )
+from megatron_lite.checkpoint.lora import lora_base_dir, merge_adapters, read_adapters
 from megatron_lite.checkpoint.weights import (
     fit_vocab_rows,
     pipeline_key_to_model,
@@ -40,6 +41,7 @@ from megatron_lite.checkpoint.weights import (
 )
 from megatron_lite.config import Config, config_from_flat, pad_vocab_size
 from megatron_lite.config.derived import GLU_ACTIVATIONS, resolve
+from megatron_lite.config.lora import LoraSettings
 from megatron_lite.config.schema import ModelConfig
 from megatron_lite.model.causal_lm import CausalLM
 from megatron_lite.model.gpt import GPTModel
@@ -58,20 +60,22 @@ def _hf_tokenizer(path: str) -> Any:
         return None
     try:
         return build_tokenizer_from("HFTokenizer", tok_file)
-    except ValueError as exc:  # e.g. no <|endoftext|>: the model itself is still usable
+    except ValueError as exc:  # e.g. no end-of-document token: the model itself is still usable
         logger.warning("tokenizer of %s not loaded: %s", path, exc)
         return None
 
 
 def _hf_model(path: str) -> Loaded:
+    keys = model_keys_from_hf(read_hf_config(path))  # an unsupported model fails before any read
     hf_config, weights = read_hf_dir(path)
     tokenizer = _hf_tokenizer(path)
     vocab = hf_config["vocab_size"]
     rows = max(vocab, tokenizer.vocab_size if tokenizer else 0)
-    flat = {**model_keys_from_hf(hf_config), "padded_vocab_size": pad_vocab_size(rows, 128, 1),
+    flat = {**keys, "padded_vocab_size": pad_vocab_size(rows, 128, 1),
             "make_vocab_size_divisible_by": 128, "tokenizer_type": "HFTokenizer"}
     cfg = resolve(config_from_flat(flat), 1).model
-    full = state_dict_from_hf(weights, cfg.padded_vocab_size, tied=not cfg.no_weight_tying)
+    full = weights_from_hf(hf_config, weights, cfg)
+    check_shapes(cfg, full, path)
     return cfg, full, tokenizer, vocab
 
 
@@ -94,16 +98,31 @@ def _checkpoint_model(step: str) -> Loaded:
     flat = read_step_config(step)
     cfg = config_from_flat(flat)  # the saved, already resolved values (padded vocab included)
     tokenizer = _checkpoint_tokenizer(step, flat)
-    full = read_full_state_dict(step, glu=cfg.model.activation in GLU_ACTIVATIONS)
+    glu = cfg.model.activation in GLU_ACTIVATIONS
+    full = _lora_weights(step, cfg, glu) if cfg.post_training.lora else read_full_state_dict(step, glu=glu)
     # The vocabulary the model was made for: recorded at save/convert time (a converted HF model
     # keeps its own, possibly padded, size), else the tokenizer's.
     vocab = read_meta(step).vocab_size or (tokenizer.vocab_size if tokenizer else cfg.model.padded_vocab_size)
     return cfg.model, full, tokenizer, vocab
 
 
+def _lora_weights(step: str, cfg: Config, glu: bool) -> dict[str, torch.Tensor]:
+    """A LoRA checkpoint's weights: its recorded base with its adapters merged in
+    (``checkpoint/lora.py``); without a base, the initialisation of the run's seed, which every
+    layout draws alike (``parallel/layers.py``)."""
+    lora = cfg.post_training.lora
+    base = lora_base_dir(step, lora)
+    if base is None:
+        base_full = GPTModel(cfg.model, seed=cfg.training.seed).state_dict()
+    else:
+        base_full = load_weights(base)[1]
+    base_full = fit_vocab_rows(base_full, cfg.model.padded_vocab_size)
+    return merge_adapters(base_full, read_adapters(step, glu), LoraSettings.of(lora).scaling)
+
+
 def load_weights(path: str, iteration: int | None = None) -> Loaded:
     """(model config, full tp=1 state dict, tokenizer or None, real vocab size) of a checkpoint
-    directory (ours, any layout) or a Hugging Face GPTNeoX directory.
+    directory (ours, any layout) or a Hugging Face GPTNeoX, Llama or Mistral directory.
 
     Reading ``latest`` of a directory that a running job rotates can race with the deletion of
     that step: the read is retried once on the new ``latest``, else it is one error."""
@@ -141,7 +160,8 @@ def check_weights_fit(model: nn.Module, full: dict[str, torch.Tensor], source: s
     own = model.state_dict()
     missing = sorted(set(own) - set(full))
     extra = sorted(set(full) - set(own))
-    wrong = [f"{k} {tuple(full[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
+    # In the model's order: the first listed is the first parameter that differs.
+    wrong = [f"{k} is {tuple(full[k].shape)}, the config gives {tuple(v.shape)}" for k, v in own.items()
              if k in full and full[k].shape != v.shape]
     problems = [f"{label}: {', '.join(items[:4])}" + (" ..." if len(items) > 4 else "")
                 for label, items in (("missing", missing), ("unexpected", extra), ("shape", wrong)) if items]
@@ -149,12 +169,21 @@ def check_weights_fit(model: nn.Module, full: dict[str, torch.Tensor], source: s
         raise CheckpointError(f"{source}: weights do not fit the model ({'; '.join(problems)})")
 
 
+def check_shapes(cfg: ModelConfig, full: dict[str, torch.Tensor], source: str) -> None:
+    """``check_weights_fit`` against the model ``cfg`` describes, built on the meta device (no
+    memory, no init): weights that disagree with their config fail here, naming the parameter,
+    rather than in a converter's or transformers' code."""
+    with torch.device("meta"):
+        model = GPTModel(cfg)
+    check_weights_fit(model, full, source)
+
+
 def load_model(path: str, device: str | torch.device = "cpu", iteration: int | None = None) -> tuple[CausalLM, Any]:
     """``(model, tokenizer)``: the model in eval mode on ``device``, tokenizer or None.
 
     ``path``: one of our checkpoint directories (``save``/``load``, or a ``global_step<N>``
-    directory; ``iteration`` picks a step, default ``latest``) or a Hugging Face GPTNeoX
-    directory (config.json + model.safetensors / pytorch_model.bin).
+    directory; ``iteration`` picks a step, default ``latest``) or a Hugging Face GPTNeoX, Llama
+    or Mistral directory (config.json + model.safetensors / pytorch_model.bin, sharded or not).
     """
     if not os.path.isdir(path):
         raise CheckpointError(f"model directory not found: {path}")
@@ -166,10 +195,13 @@ def load_model(path: str, device: str | torch.device = "cpu", iteration: int | N
     return CausalLM(gpt, vocab).to(device).eval(), tokenizer
 
 
-def load_model_weights(module: nn.Module, cfg: Config, tp_rank: int, pipelined: bool) -> None:
-    """Weights only, from ``load`` (our checkpoint of any layout, or a Hugging Face GPTNeoX
-    directory), into this rank's (tensor/pipeline) part of ``module``: fine-tuning, resuming a
-    weights-only checkpoint, generation and evaluation workers."""
+def load_model_weights(module: nn.Module, cfg: Config, tp_rank: int, pipelined: bool,
+                       new_heads: tuple[str, ...] = ()) -> None:
+    """Weights only, from ``load`` (our checkpoint of any layout, or a Hugging Face GPTNeoX,
+    Llama or Mistral directory), into this rank's (tensor/pipeline) part of ``module``: fine-tuning, resuming a
+    weights-only checkpoint, generation and evaluation workers. ``new_heads``: parameters (full
+    model names) the source may lack, which then keep their initialisation (a reward head on
+    a language model)."""
     source = cfg.checkpoint.load
     source_cfg, full, _, _ = load_weights(source, cfg.checkpoint.iteration)
     if is_hf_dir(source):
@@ -185,6 +217,10 @@ def load_model_weights(module: nn.Module, cfg: Config, tp_rank: int, pipelined: 
     shard = shard_state_dict(full, cfg.parallel.model_parallel_size, tp_rank, glu)
     own = module.state_dict()
     names = {key: pipeline_key_to_model(key, cfg.model.num_layers) if pipelined else key for key in own}
+    fresh = [key for key, name in names.items() if name in new_heads and name not in shard]
+    if fresh:
+        logger.info("%s has no %s: initialised", source, ", ".join(names[key] for key in fresh))
+        names = {key: name for key, name in names.items() if key not in fresh}
     missing = [name for name in names.values() if name not in shard]
     if missing:
         raise CheckpointError(f"{source} lacks weights for {', '.join(missing[:5])}")
@@ -193,13 +229,13 @@ def load_model_weights(module: nn.Module, cfg: Config, tp_rank: int, pipelined: 
             raise CheckpointError(
                 f"{source}: {name} has shape {tuple(shard[name].shape)}, the model expects "
                 f"{tuple(own[key].shape)} (a different model shape in the config?)")
-    module.load_state_dict({key: shard[name] for key, name in names.items()}, strict=True)
+    module.load_state_dict({key: shard[name] for key, name in names.items()}, strict=not fresh)
     logger.info("loaded model weights from %s", source)
 
 
-_ARCHITECTURE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "mlp_inner_size",
-                      "pos_emb", "rotary_pct", "rotary_emb_base", "gpt_j_residual", "no_weight_tying",
-                      "activation", "norm")
+_ARCHITECTURE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "mlp_inner_size",
+                      "pos_emb", "rotary_pct", "rotary_emb_base", "rope_scaling", "sliding_window_width",
+                      "gpt_j_residual", "no_weight_tying", "activation", "norm")
 
 
 def check_same_architecture(source: str, hf_keys: dict[str, Any], cfg: Config) -> None:
@@ -210,3 +246,12 @@ def check_same_architecture(source: str, hf_keys: dict[str, Any], cfg: Config) -
     if differ:
         raise CheckpointError("the run's model config differs from the Hugging Face model it loads: "
                               + "; ".join(differ) + " (tools/convert_from_hf.py writes a matching config.yml)")
+
+
+def pinned_source(path: str, iteration: int | None = None) -> str:
+    """``path`` as a fixed source: a Hugging Face directory, or the step directory ``latest``
+    (or ``iteration``) names now, so that later saves into ``path`` do not move it (the frozen
+    reference of DPO/KTO, the base of LoRA)."""
+    if is_hf_dir(path):
+        return os.path.abspath(path)
+    return os.path.abspath(resolve_step_dir(path, iteration))

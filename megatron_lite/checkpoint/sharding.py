@@ -13,11 +13,23 @@ import torch
 _ROWS = ("query_key_value.weight", "query_key_value.bias", "dense_h_to_4h.weight",
          "dense_h_to_4h.bias", "word_embeddings.weight", "embed_out.weight")
 _COLS = ("attention.dense.weight", "dense_4h_to_h.weight")
-_GLU = ("dense_h_to_4h.weight", "dense_h_to_4h.bias")
+_GLU = ("dense_h_to_4h.weight", "dense_h_to_4h.bias", "dense_h_to_4h.lora_B.weight")
+# LoRA factors (parallel/lora_layers.py) split like their layer's weight: a column-parallel layer's B
+# by rows (GLU order included), a row-parallel layer's A by columns; the other one replicated.
+_ROWS += ("query_key_value.lora_B.weight", "dense_h_to_4h.lora_B.weight")
+_COLS += ("attention.dense.lora_A.weight", "dense_4h_to_h.lora_A.weight")
+
+
+def _plain(name: str) -> str:
+    """A name in a model with LoRA layers (peft's: ``<layer>.base_layer.weight``,
+    ``<layer>.lora_B.default.weight``) as it reads without them (``<layer>.weight``,
+    ``<layer>.lora_B.weight``, the names of peft's own adapter files)."""
+    return name.replace(".base_layer.", ".").replace(".default.weight", ".weight")
 
 
 def split_dim(name: str) -> int | None:
     """0 or 1 for tensor-parallel parameters, None for replicated ones (norms, row biases)."""
+    name = _plain(name)
     if name.endswith(_ROWS):
         return 0
     if name.endswith(_COLS):
@@ -43,7 +55,7 @@ def merge_shards(name: str, shards: list[torch.Tensor], glu: bool = False) -> to
     if dim is None or len(shards) == 1:
         return shards[0]
     full = torch.cat(shards, dim=dim)
-    if glu and name.endswith(_GLU):
+    if glu and _plain(name).endswith(_GLU):
         full = _glu_to_canonical(full, len(shards))
     return full
 
@@ -53,6 +65,6 @@ def cut_shard(name: str, full: torch.Tensor, tp: int, rank: int, glu: bool = Fal
     dim = split_dim(name)
     if dim is None or tp == 1:
         return full.clone()
-    if glu and name.endswith(_GLU):
+    if glu and _plain(name).endswith(_GLU):
         full = _glu_to_rank_major(full, tp)
     return full.chunk(tp, dim=dim)[rank].clone()

@@ -12,8 +12,11 @@ import os
 from dataclasses import replace
 from typing import Any
 
+from megatron_lite.config.attention_options import canonical_rope_scaling, check_sliding_window
 from megatron_lite.config.loader import ConfigError
+from megatron_lite.config.lora import derive_lora
 from megatron_lite.config.neox_compat import SUPPORTED_ATTENTION_TYPES
+from megatron_lite.config.post_training import check_post_training
 from megatron_lite.config.schema import Config, ModelConfig
 from megatron_lite.config.validators import (
     check_learning_rate,
@@ -196,7 +199,8 @@ def _derive_model(cfg: Config) -> Config:
         padded = computed
     return replace(
         cfg,
-        model=replace(m, max_position_embeddings=max_pos, mlp_inner_size=inner, padded_vocab_size=padded),
+        model=replace(m, max_position_embeddings=max_pos, mlp_inner_size=inner, padded_vocab_size=padded,
+                      rope_scaling=canonical_rope_scaling(m.rope_scaling, m.pos_emb)),
     )
 
 
@@ -279,6 +283,7 @@ def validate(cfg: Config) -> None:
                 f"seq_length ({m.seq_length}) exceeds max_position_embeddings "
                 f"({m.max_position_embeddings})"
             )
+    check_sliding_window(m.sliding_window_width)
     if not 0.0 < m.rotary_pct <= 1.0:
         raise ConfigError(f"rotary_pct must be in (0, 1], got {m.rotary_pct}")
     for key in ("hidden_dropout", "attention_dropout"):
@@ -288,29 +293,46 @@ def validate(cfg: Config) -> None:
     check_learning_rate(cfg.optimizer.lr)
     _validate_schedule(cfg)
     _validate_data(cfg)
+    check_post_training(cfg)
     la = cfg.launcher
     if (la.include or la.exclude) and (la.num_gpus is not None or la.num_nodes > 0):
         raise ConfigError("include/exclude cannot be combined with num_gpus or num_nodes (DeepSpeed's "
                           "runner refuses the mix): select hosts and GPUs with include/exclude alone")
 
 
+def _attention_types(spec: list, num_layers: int | None) -> list[str]:
+    """GPT-NeoX's ``expand_attention_types``: ``[[types], count]`` repeats the pattern ``types``
+    ``count`` times (len(types) * count layers); a count of ``"all"`` makes that pattern, tiled
+    over every layer, the whole answer (GPT-NeoX returns it at once, whatever came before); a
+    flat list of names is already one entry per layer."""
+    if all(isinstance(entry, str) for entry in spec):
+        return list(spec)
+    layers: list[str] = []
+    for entry in spec:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], list)
+                and (isinstance(entry[1], int) or entry[1] == "all")):
+            raise ConfigError(f"attention_config: expected [[types], count] entries, got {entry!r}")
+        types, count = entry
+        if count == "all":
+            if num_layers is None or not types or num_layers % len(types):
+                raise ConfigError(f"attention_config: {entry!r} must tile num_layers ({num_layers})")
+            return types * (num_layers // len(types))
+        layers += types * count
+    return layers
+
+
 def _validate_attention_config(spec: list, num_layers: int | None) -> None:
     if not spec:
         return
-    total = 0
-    for entry in spec:
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], int)):
-            raise ConfigError(f"attention_config: expected [[types], count] entries, got {entry!r}")
-        types, count = entry
-        for kind in types:
-            if kind not in SUPPORTED_ATTENTION_TYPES:
-                raise ConfigError(
-                    f"attention_config: {kind!r} attention is not implemented in megatron_lite "
-                    "(supported: global, flash; both run scaled_dot_product_attention)"
-                )
-        total += count
-    if num_layers is not None and total != num_layers:
-        raise ConfigError(f"attention_config covers {total} layers but num_layers is {num_layers}")
+    layers = _attention_types(spec, num_layers)
+    for kind in layers:
+        if kind not in SUPPORTED_ATTENTION_TYPES:
+            raise ConfigError(
+                f"attention_config: {kind!r} attention is not implemented in megatron_lite "
+                "(supported: global, flash; both run scaled_dot_product_attention)"
+            )
+    if num_layers is not None and len(layers) != num_layers:
+        raise ConfigError(f"attention_config covers {len(layers)} layers but num_layers is {num_layers}")
 
 
 def _validate_schedule(cfg: Config) -> None:
@@ -333,7 +355,7 @@ def _validate_data(cfg: Config) -> None:
 def resolve(cfg: Config, world_size: int) -> Config:
     """Fill in derived values for ``world_size`` ranks and validate the result."""
     check_ranges(cfg)  # before any derivation divides by a zero
-    for step in (_derive_parallel, _derive_batch, _derive_model, _derive_optimizer):
+    for step in (_derive_parallel, _derive_batch, _derive_model, _derive_optimizer, derive_lora):
         cfg = step(cfg, world_size) if step is _derive_parallel else step(cfg)
     validate(cfg)
     return cfg

@@ -89,14 +89,10 @@ IGNORED_KEYS: frozenset[str] = frozenset(
         "mmap_warmup",
         "use_shared_fs",
         # Keys without effect on what GPT-NeoX computes for GPT training: short_seq_prob is
-        # read by BERT-style datasets only; allow_chopped is ignored with pack_impl "packed"
-        # (the only packing accepted); precompute_model_name serves train_impl dpo/kto and
-        # s3_chunk_size serves s3_path (both refused); deepscale* are deprecated no-ops;
-        # autotuning is inert without autotuning_run (refused); auto_cast belongs to the fp16
-        # section (passed on to DeepSpeed there), not to the top level.
+        # read by BERT-style datasets only; s3_chunk_size serves s3_path (refused); deepscale*
+        # are deprecated no-ops; autotuning is inert without autotuning_run (refused); auto_cast
+        # belongs to the fp16 section (passed on to DeepSpeed there), not to the top level.
         "short_seq_prob",
-        "allow_chopped",
-        "precompute_model_name",
         "s3_chunk_size",
         "deepscale",
         "deepscale_config",
@@ -121,6 +117,9 @@ SUPPORTED_VALUES: dict[str, frozenset[Any]] = {
     "output_layer_init_method": frozenset({"normal", "scaled_normal", "small_init", "wang_init"}),
     "output_layer_parallelism": frozenset({"column"}),
     "data_impl": frozenset({"mmap"}),
+    "dataset_impl": frozenset({"gpt2", "pairwise"}),
+    "pack_impl": frozenset({"packed", "unpacked"}),
+    "train_impl": frozenset({"normal", "dpo", "kto", "rm"}),
     "lr_decay_style": frozenset({"constant", "linear", "cosine", "exponential"}),
     "tokenizer_type": frozenset(
         {"HFTokenizer", "HFGPT2Tokenizer", "GPT2BPETokenizer", "CharLevelTokenizer", "SPMTokenizer",
@@ -139,7 +138,6 @@ UNSUPPORTED_KEYS: dict[str, tuple[Any, str]] = {
     "moe_num_experts": (1, "mixture of experts"),
     "moe_type": (None, "mixture of experts"),
     "sparsity_config": ({}, "sparse attention"),
-    "train_impl": ("normal", "DPO/KTO/reward-model training"),
     "mamba_selective_scan_fusion": (False, "Mamba layers"),
     "num_unique_layers": (None, "layer sharing"),
     "soft_prompt_tuning": (None, "soft prompt tuning"),
@@ -158,7 +156,6 @@ UNSUPPORTED_KEYS: dict[str, tuple[Any, str]] = {
     "sequence_parallel": (False, "sequence parallelism"),
     "opt_pos_emb_offset": (0, "OPT's offset of learned positions"),
     "output_layer_init_method_std": (None, "a separate init std of the output layers"),
-    "pack_impl": ("packed", "samples other than packed ones"),
     "curriculum_learning": (None, "curriculum learning"),
     "amp": (None, "Apex AMP mixed precision"),
     "prescale_gradients": (False, "gradient prescaling before the all-reduce"),
@@ -171,7 +168,6 @@ UNSUPPORTED_KEYS: dict[str, tuple[Any, str]] = {
     "keep_last_n_checkpoints_scale": (None, "scaled checkpoint retention"),
     "s3_path": (None, "uploading checkpoints to S3"),
     "hf_upload": (None, "uploading checkpoints to the Hugging Face Hub"),
-    "sliding_window_width": (None, "sliding-window attention"),
     "use_bnb_optimizer": (False, "bitsandbytes optimizers"),
     "gmlp_attn_dim": (64, "gMLP layers"),
     "use_comet": (False, "Comet logging; use wandb or tensorboard"),

@@ -29,6 +29,7 @@ class ModelConfig:
     hidden_size: int | None = f(None, "Width of the residual stream.")
     num_attention_heads: int | None = f(None, "Number of attention (query) heads.")
     num_kv_heads: int | None = f(None, "Key/value heads for grouped-query attention (None = num_attention_heads).")
+    sliding_window_width: int | None = f(None, "GPT-NeoX: sliding-window attention, each token attends to itself and the sliding_window_width tokens before it (HF Mistral's sliding_window is this + 1); None = the whole context.")
     attention_type: str | None = f(None, "llemma's configs: multihead (num_kv_heads unset or equal to the heads) or groupedquery (num_kv_heads set, fewer); a check, num_kv_heads decides.")
     seq_length: int | None = f(None, "Training context length in tokens.")
     max_position_embeddings: int | None = f(None, "Longest position the model supports (default seq_length).", derived=True)
@@ -39,6 +40,7 @@ class ModelConfig:
     pos_emb: str = f("learned", "Position encoding: rotary, learned, sinusoidal, alibi or none.")
     rotary_pct: float = f(1.0, "Fraction of each head's dimensions that rotary embeddings rotate.")
     rotary_emb_base: int = f(10000, "Base of the rotary frequencies.")
+    rope_scaling: dict | None = f(None, "megatron_lite's own key (GPT-NeoX has none): rotary frequency scaling as transformers' rope_scaling, {type: linear, factor} (positions / factor) or {type: llama3, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings} (Llama 3.1); None = unscaled.")
     norm: str = f("layernorm", "Normalisation: layernorm or rmsnorm.")
     layernorm_epsilon: float = f(1.0e-5, "Epsilon of LayerNorm.")
     rms_norm_epsilon: float = f(1.0e-8, "Epsilon of RMSNorm.")
@@ -142,6 +144,42 @@ class DataConfig:
     reset_position_ids: bool = f(False, "Positions restart at 0 after every end-of-document token of a packed sample, as if each document were alone (Megatron-LM's key).")
     reset_attention_mask: bool = f(False, "Tokens attend only to their own document within a packed sample: an explicit mask, slower than plain causal attention (Megatron-LM's key).")
     data_cache_dir: str | None = f(None, "Directory for the sample index caches (.npy; default: next to the data). Set it when the data directory is read-only. megatron_lite's own key.")
+    dataset_impl: str = f("gpt2", "GPT-NeoX: gpt2 (token samples) or pairwise (chosen/rejected pairs from the pos_/neg_ paths, for train_impl dpo and rm; needs pack_impl unpacked).")
+    pack_impl: str = f("packed", "GPT-NeoX: packed (documents laid end to end and cut into seq_length samples) or unpacked (one document per sample, padded; docs/cli.md#post-training-dpo-kto-reward-models).")
+    allow_chopped: bool = f(True, "GPT-NeoX, pack_impl unpacked: cut a document longer than seq_length + 1 tokens to that length; false makes such a document an error naming its file and record.")
+    train_reward_data_paths: list | None = f(None, "train_impl kto: per-document rewards parallel to train_data_paths (> 0 desirable, < 0 undesirable).")
+    valid_reward_data_paths: list | None = f(None, "train_impl kto: rewards parallel to valid_data_paths.")
+    test_reward_data_paths: list | None = f(None, "train_impl kto: rewards parallel to test_data_paths.")
+    pos_train_data_paths: list | None = f(None, "dataset_impl pairwise: chosen (positive) training documents; pair i is document i of the pos_ and of the neg_ dataset.")
+    neg_train_data_paths: list | None = f(None, "dataset_impl pairwise: rejected (negative) training documents, parallel to pos_train_data_paths.")
+    pos_train_label_data_paths: list | None = f(None, "Labels of pos_train_data_paths (-100 = no loss: the prompt).")
+    neg_train_label_data_paths: list | None = f(None, "Labels of neg_train_data_paths.")
+    pos_valid_data_paths: list | None = f(None, "dataset_impl pairwise: chosen validation documents.")
+    neg_valid_data_paths: list | None = f(None, "dataset_impl pairwise: rejected validation documents.")
+    pos_valid_label_data_paths: list | None = f(None, "Labels of pos_valid_data_paths.")
+    neg_valid_label_data_paths: list | None = f(None, "Labels of neg_valid_data_paths.")
+    pos_test_data_paths: list | None = f(None, "dataset_impl pairwise: chosen test documents.")
+    neg_test_data_paths: list | None = f(None, "dataset_impl pairwise: rejected test documents.")
+    pos_test_label_data_paths: list | None = f(None, "Labels of pos_test_data_paths.")
+    neg_test_label_data_paths: list | None = f(None, "Labels of neg_test_data_paths.")
+    precompute_model_name: str | None = f(None, "DPO/KTO: read the reference model's per-token log-probabilities from the datasets <data prefix>_<name> instead of running a reference model (docs/cli.md#post-training-dpo-kto-reward-models).")
+
+
+@dataclass(frozen=True)
+class PostTrainingConfig:
+    """What the training step optimises: the LM loss, DPO, KTO or a reward model (GPT-NeoX's keys)."""
+
+    train_impl: str = f("normal", "normal (LM loss), dpo (pairs, against a frozen reference model), kto (single documents with rewards) or rm (reward model: a scalar head, Bradley-Terry loss on pairs).")
+    dpo_beta: float = f(0.1, "DPO: beta, the strength of the implicit KL penalty.")
+    dpo_fp32: bool = f(True, "DPO: compute the log-probabilities in fp32 (false: in the training precision).")
+    dpo_reference_free: bool = f(False, "DPO: no reference model (its log-probabilities are taken as 0).")
+    kto_beta: float = f(0.1, "KTO: beta.")
+    kto_fp32: bool = f(True, "KTO: compute the log-probabilities in fp32 (false: in the training precision).")
+    kto_desirable_weight: float = f(1.0, "KTO: weight of the loss of desirable (reward > 0) documents.")
+    kto_undesirable_weight: float = f(1.0, "KTO: weight of the loss of undesirable (reward < 0) documents.")
+    z_loss: float = f(0.0, "Reward model: weight of the penalty z_loss * (r_chosen^2 + r_rejected^2), keeping rewards near 0.")
+    lora: dict | None = f(None, "LoRA: {rank, alpha, dropout, targets, base} trains rank-`rank` adapters (alpha/rank)*B A on the `targets` layers (query_key_value, dense, dense_h_to_4h, dense_4h_to_h; default all) with the base weights frozen; base: the frozen weights (default: load, with finetune), recorded in every checkpoint. megatron_lite's own key (docs/cli.md#lora-low-rank-adapters).")
+    reference_load: str | None = f(None, "DPO/KTO: checkpoint (ours or Hugging Face) of the frozen reference model; default: the weights training starts from (load with finetune, else the initialisation). Recorded in every checkpoint, so a resumed run keeps its reference. megatron_lite's own key.")
 
 
 @dataclass(frozen=True)
@@ -250,6 +288,7 @@ class Config:
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    post_training: PostTrainingConfig = field(default_factory=PostTrainingConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -274,6 +313,7 @@ GROUP_CLASSES: dict[str, type] = {
     "lr_schedule": LRScheduleConfig,
     "training": TrainingConfig,
     "data": DataConfig,
+    "post_training": PostTrainingConfig,
     "tokenizer": TokenizerConfig,
     "checkpoint": CheckpointConfig,
     "logging": LoggingConfig,

@@ -54,6 +54,11 @@ def build_data_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
         worker_init_fn=detach_helper_process if num_workers > 0 else None,
+        # Each iterator draws its workers' base seed from this generator, not torch's default
+        # one: creating a loader (at start, at a resume, for an evaluation) must not move the
+        # dropout stream, or a resumed run's dropout masks would differ from the uninterrupted
+        # run's. The batches themselves come from the sampler and draw nothing.
+        generator=torch.Generator().manual_seed(0),
     )
 
 

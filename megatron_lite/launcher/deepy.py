@@ -100,12 +100,14 @@ def check_inputs(cfg: Config, script: str) -> None:
     name = os.path.basename(script)
     if name == "train.py":
         d = cfg.data
-        if d.data_path is None and not d.train_data_paths:
-            raise LaunchError("no training data: set data_path or train_data_paths")
+        if d.data_path is None and not d.train_data_paths and not d.pos_train_data_paths:
+            raise LaunchError("no training data: set data_path or train_data_paths (pos_/neg_train_data_paths "
+                              "with dataset_impl: pairwise)")
         if d.data_path is not None:
             _require_prefix(d.data_path, "data_path")
         for which in ("train", "valid", "test"):
-            for key in (f"{which}_data_paths", f"{which}_label_data_paths"):
+            for key in (f"{which}_data_paths", f"{which}_label_data_paths", f"{which}_reward_data_paths",
+                        *(f"{side}_{which}{kind}_data_paths" for side in ("pos", "neg") for kind in ("", "_label"))):
                 for prefix in getattr(d, key) or []:
                     _require_prefix(prefix, key)
         _check_save_dir(cfg.checkpoint.save)

@@ -4,6 +4,11 @@ The fused QKV projection is laid out per key/value group, ``[groups, q_per_group
 rows: with plain multi-head attention (one query per group) that is ``[heads, 3, head_dim]``,
 exactly Hugging Face GPTNeoX's ``query_key_value``; splitting the rows into contiguous chunks
 gives every tensor-parallel rank whole groups.
+
+Plain causal attention is SDPA's ``is_causal`` (flash-eligible); an explicit mask is built only
+when something needs one: ALiBi, a padding or document mask, a chunk decoded after cached
+tokens, or a sliding window (``sliding_window_width``, GPT-NeoX's meaning: a token sees itself
+and that many tokens before it) that is shorter than the keys in view.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class ParallelAttention(nn.Module):
         self.q_per_group = heads // kv
         self.layer_number = layer_number
         self.dropout = cfg.attention_dropout
+        self.window = cfg.sliding_window_width
         std = init_std(cfg.init_method, cfg.init_method_std, h, cfg.num_layers)
         out_std = init_std(cfg.output_layer_init_method, cfg.init_method_std, h, cfg.num_layers)
         prefix = f"layers.{layer_number}.attention"
@@ -45,7 +51,7 @@ class ParallelAttention(nn.Module):
             init_std=out_std, seed=seed, name=f"{prefix}.dense",
         )
         self.rotary = (
-            RotaryEmbedding(self.head_dim, cfg.rotary_pct, cfg.rotary_emb_base)
+            RotaryEmbedding(self.head_dim, cfg.rotary_pct, cfg.rotary_emb_base, cfg.rope_scaling)
             if cfg.pos_emb == "rotary" else None
         )
         if cfg.pos_emb == "alibi":
@@ -82,7 +88,13 @@ class ParallelAttention(nn.Module):
         if cache is not None:
             past = cache.seen
             k, v = cache.update(self.layer_number, k, v)
-        mask = self._mask(q, k.shape[2], past, attention_mask)
+        # Keys before `first` are outside every query's window: decoding reads only the window
+        # from the cache (a window-long product per token, however long the text).
+        first = max(0, past - self.window) if self.window is not None else 0
+        if first:
+            k, v = k[:, :, first:], v[:, :, first:]
+            attention_mask = attention_mask[..., first:] if attention_mask is not None else None
+        mask = self._mask(q, first, k.shape[2], past, attention_mask)
         dropout = self.dropout if self.training else 0.0
         # Dropout on this rank's heads draws from the per-rank stream; without dropout there is
         # nothing to draw, and swapping generator states in and out costs time every layer.
@@ -97,18 +109,26 @@ class ParallelAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, s, self.heads_local * self.head_dim)
         return self.dense(out)
 
-    def _mask(self, q, k_len, past, attention_mask):
-        """None when plain causal attention suffices (the fast, flash-eligible path)."""
+    def _mask(self, q: torch.Tensor, first: int, k_len: int, past: int,
+              attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """None when plain causal attention suffices (the fast, flash-eligible path); else a
+        bool mask [b|1, 1, s, k] (True = attend) or, with ALiBi, an additive bias [1|b, heads, s, k].
+        Queries are at ``past ..``, keys at ``first .. first + k_len``; ``attention_mask`` (padding
+        or documents) is combined with causality and the window, never replaces them."""
         s = q.shape[2]
-        needs_explicit = self.alibi_slopes is not None or attention_mask is not None or (past and s > 1)
-        if not needs_explicit:
+        # The farthest query-key distance in view, (past + s - 1) - first, exceeds the window?
+        windowed = self.window is not None and past + s - 1 - first > self.window
+        if not (windowed or self.alibi_slopes is not None or attention_mask is not None or (past and s > 1)):
             return None
         q_pos = torch.arange(past, past + s, device=q.device)
-        causal = q_pos.view(-1, 1) >= torch.arange(k_len, device=q.device).view(1, -1)  # [s, k]
-        if self.alibi_slopes is not None:
-            mask = alibi_bias(self.alibi_slopes, q_pos, k_len, q.dtype)  # [1, heads, s, k]
-            if attention_mask is not None:
-                mask = mask.masked_fill(~attention_mask, float("-inf"))
-            return mask
-        mask = causal.view(1, 1, s, k_len)
-        return mask & attention_mask if attention_mask is not None else mask
+        distance = q_pos.view(-1, 1) - torch.arange(first, first + k_len, device=q.device).view(1, -1)  # [s, k]
+        allowed = distance >= 0
+        if windowed:
+            allowed = allowed & (distance <= self.window)  # itself and `window` tokens before it
+        allowed = allowed.view(1, 1, s, k_len)
+        if attention_mask is not None:
+            allowed = allowed & attention_mask
+        if self.alibi_slopes is None:
+            return allowed
+        bias = alibi_bias(self.alibi_slopes, q_pos, first + k_len, q.dtype)[..., first:]  # [1, heads, s, k]
+        return bias.masked_fill(~allowed, float("-inf"))

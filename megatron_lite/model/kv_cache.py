@@ -2,7 +2,8 @@
 
 Preallocated per layer: [b, kv_heads_local, max_len, head_dim]. A forward pass over ``s`` new
 tokens writes them at ``[seen, seen + s)`` and attends to ``[0, seen + s)``; the model advances
-``seen`` once all layers have run.
+``seen`` once all layers have run. With a sliding window (``sliding_window_width``) attention
+reads only the window's keys back from the cache (``ParallelAttention.forward``).
 """
 
 from __future__ import annotations

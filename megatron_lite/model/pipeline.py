@@ -93,9 +93,12 @@ def _tied_head(state: ParallelState):
     return forward
 
 
-def layer_specs(cfg: ModelConfig, state: ParallelState, seed: int) -> list[Any]:
-    """DeepSpeed ``LayerSpec``s of the whole model, first stage to last."""
+def layer_specs(cfg: ModelConfig, state: ParallelState, seed: int, reward_head: bool = False) -> list[Any]:
+    """DeepSpeed ``LayerSpec``s of the whole model, first stage to last; ``reward_head``: the
+    reward model's scalar head (``model/reward.py``) in the LM head's place."""
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
+
+    from megatron_lite.model.reward import RewardHeadPipe
 
     check_model_config(cfg)
     tied = not cfg.no_weight_tying
@@ -106,7 +109,9 @@ def layer_specs(cfg: ModelConfig, state: ParallelState, seed: int) -> list[Any]:
         specs.append(LayerSpec(EmbeddingPipe, cfg, state, seed))
     specs += [LayerSpec(TransformerLayerPipe, cfg, state, i, seed) for i in range(cfg.num_layers)]
     specs.append(_final_norm_spec(cfg))
-    if tied:
+    if reward_head:
+        specs.append(LayerSpec(RewardHeadPipe, cfg, seed))
+    elif tied:
         specs.append(TiedLayerSpec("embed", EmbeddingPipe, cfg, state, seed,
                                    forward_fn=_tied_head(state), tied_weight_attr="weight"))
     else:

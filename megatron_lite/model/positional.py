@@ -6,23 +6,54 @@ Learned positions are a plain ``nn.Embedding`` in ``embedding.py``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
+
+from megatron_lite.config.attention_options import canonical_rope_scaling
+
+
+def scaled_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any] | None) -> torch.Tensor:
+    """Rotary frequencies [rot/2] after ``rope_scaling``, exactly as transformers'
+    ``modeling_rope_utils`` computes them (same operations in the same order, so the same bits):
+
+    - ``linear``: every frequency / factor, i.e. positions / factor;
+    - ``llama3`` (Llama 3.1): wavelengths longer than ``original / low_freq_factor`` are divided
+      by factor, shorter than ``original / high_freq_factor`` kept, those between interpolated.
+    """
+    scaling = canonical_rope_scaling(scaling, "rotary")
+    if scaling is None:
+        return inv_freq
+    factor = scaling["factor"]
+    if scaling["type"] == "linear":
+        return inv_freq / factor
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_len / high) * ~(wavelen > old_len / low)
+    return torch.where(medium, smoothed, scaled)
 
 
 class RotaryEmbedding(nn.Module):
     """Rotates the first ``rotary_ndims`` dims of each head, halves-style (``rotate_half``).
 
-    Matches ``transformers``' GPTNeoX: ``inv_freq = base ** -(arange(0, d, 2) / d)``,
-    ``cos/sin`` of ``cat(freqs, freqs)``; the other ``head_dim - rotary_ndims`` dims pass through.
+    Matches ``transformers``' GPTNeoX and Llama/Mistral (the same ``rotate_half`` form; Llama
+    rotates the whole head, ``rotary_pct`` 1.0): ``inv_freq = base ** -(arange(0, d, 2) / d)``
+    (then ``rope_scaling``), ``cos/sin`` of ``cat(freqs, freqs)``; the other
+    ``head_dim - rotary_ndims`` dims pass through.
     """
 
-    def __init__(self, head_dim: int, rotary_pct: float, base: int) -> None:
+    def __init__(self, head_dim: int, rotary_pct: float, base: int,
+                 scaling: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.rotary_ndims = int(head_dim * rotary_pct)
         exponent = torch.arange(0, self.rotary_ndims, 2, dtype=torch.int64).float() / self.rotary_ndims
-        self.register_buffer("inv_freq", 1.0 / (base**exponent), persistent=False)
+        inv_freq = scaled_inv_freq(1.0 / (base**exponent), scaling)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def cos_sin(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin: [b or 1, s, 1, rotary_ndims] for positions [b or 1, s]."""

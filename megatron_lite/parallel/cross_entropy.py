@@ -16,9 +16,9 @@ from megatron_lite.parallel.state import ParallelState
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, state):
-        # logits [b, s, v/tp] (fp32), target [b, s] global ids
-        logits = logits.float()
+    def forward(ctx, logits, target, state, upcast=True):
+        # logits [b, s, v/tp], target [b, s] global ids; the softmax in fp32 unless not upcast
+        logits = logits.float() if upcast else logits
         logits_max = logits.max(dim=-1).values
         dist.all_reduce(logits_max, op=dist.ReduceOp.MAX, group=state.tp_group)
         shifted = logits - logits_max.unsqueeze(-1)
@@ -44,19 +44,21 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         onehot = torch.zeros_like(grad).scatter_(-1, local_target.unsqueeze(-1), 1.0)
         onehot.masked_fill_(outside.unsqueeze(-1), 0.0)
         grad = (grad - onehot) * grad_loss.unsqueeze(-1)
-        return grad, None, None
+        return grad, None, None, None
 
 
 def vocab_parallel_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, state: ParallelState
+    logits: torch.Tensor, target: torch.Tensor, state: ParallelState, upcast: bool = True
 ) -> torch.Tensor:
-    """Per-token loss [b, s] from vocab-split logits [b, s, v/tp] and global targets [b, s]."""
+    """Per-token loss [b, s] from vocab-split logits [b, s, v/tp] and global targets [b, s].
+    ``upcast=False`` keeps the logits' precision (GPT-NeoX's ``dpo_fp32: false``)."""
     if state.tp_size == 1:
         flat = torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none"
+            (logits.float() if upcast else logits).reshape(-1, logits.shape[-1]), target.reshape(-1),
+            reduction="none",
         )
         return flat.view(target.shape)
-    return _VocabParallelCrossEntropy.apply(logits, target, state)
+    return _VocabParallelCrossEntropy.apply(logits, target, state, upcast)
 
 
 def masked_mean_loss(

@@ -108,6 +108,9 @@ class ColumnParallelLinear(nn.Module):
             raise ValueError(f"{name}: {out_features} outputs not divisible by tp {state.tp_size}")
         self.state, self.gather_output = state, gather_output
         self.out_local = out_features // state.tp_size
+        # The full sizes and the init name: what a LoRA adapter on this layer draws its own
+        # layout-independent init from (parallel/lora_layers.py).
+        self.in_features, self.out_features, self.name, self.seed = in_features, out_features, name, seed
         master = master_normal((out_features, in_features), init_std, seed, name)
         if row_order is not None:
             master = master[row_order(out_features, state.tp_size)]
@@ -145,6 +148,7 @@ class RowParallelLinear(nn.Module):
             raise ValueError(f"{name}: {in_features} inputs not divisible by tp {state.tp_size}")
         self.state, self.input_is_parallel = state, input_is_parallel
         self.in_local = in_features // state.tp_size
+        self.in_features, self.out_features, self.name, self.seed = in_features, out_features, name, seed
         master = master_normal((out_features, in_features), init_std, seed, name)
         cols = slice(state.tp_rank * self.in_local, (state.tp_rank + 1) * self.in_local)
         self.weight = nn.Parameter(master[:, cols].clone())  # [out, in/tp]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from megatron_lite.tokenizer.tokenizer_types import EOD_TOKEN, _require
+from megatron_lite.tokenizer.tokenizer_types import EOD_TOKEN, TokenizerBase, _require
 
 
 def library_threads() -> int:
@@ -38,7 +38,7 @@ def library_threads() -> int:
     return os.cpu_count() or 1
 
 
-class SPMTokenizer:
+class SPMTokenizer(TokenizerBase):
     """A SentencePiece model file (``vocab_file``); see the module docstring for what matches
     GPT-NeoX."""
 
@@ -63,14 +63,6 @@ class SPMTokenizer:
         self.eod: int = eod
         pad = self._sp.pad_id()
         self.pad: int = pad if pad >= 0 else eod
-
-    @property
-    def eod_id(self) -> int:
-        return self.eod
-
-    @property
-    def pad_id(self) -> int:
-        return self.pad
 
     @property
     def vocab(self) -> dict[str, int]:

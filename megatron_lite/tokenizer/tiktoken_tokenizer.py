@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from megatron_lite.tokenizer.spm_tokenizer import library_threads
-from megatron_lite.tokenizer.tokenizer_types import EOD_TOKEN, _require
+from megatron_lite.tokenizer.tokenizer_types import EOD_TOKEN, TokenizerBase, _require
 
 # tiktoken_ext.openai_public's cl100k_base pattern: the default for a rank file of another name.
 CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+|"""
@@ -147,7 +147,7 @@ def load_encoding(vocab_file: str | None) -> Any:
         raise ValueError(f"vocab_file: {path} is not a tiktoken BPE rank file ({reason})") from None
 
 
-class TiktokenTokenizer:
+class TiktokenTokenizer(TokenizerBase):
     """A tiktoken encoding from a local file; see the module docstring for the rules and what
     matches GPT-NeoX."""
 
@@ -162,14 +162,6 @@ class TiktokenTokenizer:
                              f"TiktokenTokenizer uses it as end of document")
         self.eod: int = eod
         self.pad: int = eod
-
-    @property
-    def eod_id(self) -> int:
-        return self.eod
-
-    @property
-    def pad_id(self) -> int:
-        return self.pad
 
     @property
     def encoding(self) -> Any:

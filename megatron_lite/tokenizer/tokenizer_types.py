@@ -6,7 +6,8 @@ encoder) and ``detokenize(ids)``. Ids, eod and pad follow GPT-NeoX's
 ``megatron/tokenizer/tokenizer.py`` so that data preprocessed by either is the same:
 
 - ``HFTokenizer``: ``encode(text).ids`` (the file's post-processor applies, as in GPT-NeoX),
-  decode skips special tokens; eod = ``<|endoftext|>``, pad = ``<|padding|>`` (eod when absent).
+  decode skips special tokens; eod = ``<|endoftext|>`` (else ``<|end_of_text|>``, ``</s>`` or
+  ``<eos>``, the first the file has), pad = ``<|padding|>`` (eod when absent).
 - ``GPT2BPETokenizer``: GPT-2 byte-level BPE from ``vocab.json`` + ``merges.txt``; eod =
   ``<|endoftext|>`` (50256 for GPT-2's files); no pad token (pad = eod).
 - ``HFGPT2Tokenizer``: the same files plus an added ``<|padding|>`` token (GPT-NeoX adds it).
@@ -19,6 +20,7 @@ import os
 from typing import Any
 
 EOD_TOKEN = "<|endoftext|>"
+EOD_TOKENS = (EOD_TOKEN, "<|end_of_text|>", "</s>", "<eos>")  # GPT-NeoX/Pythia, Llama 3, Llama 2/Mistral, Gemma
 PAD_TOKEN = "<|padding|>"
 
 
@@ -41,7 +43,23 @@ def gpt2_files(kind: str, vocab_file: str | None, merge_file: str | None) -> tup
             _require(merge_file, "merge_file", kind, "a GPT-2 merges.txt"))
 
 
-class _RustTokenizer:
+class TokenizerBase:
+    """What every tokenizer type exposes besides tokenize/detokenize: ``eod`` and ``pad`` ids,
+    under GPT-NeoX's names too (``eod_id``, ``pad_id``)."""
+
+    eod: int
+    pad: int
+
+    @property
+    def eod_id(self) -> int:
+        return self.eod
+
+    @property
+    def pad_id(self) -> int:
+        return self.pad
+
+
+class _RustTokenizer(TokenizerBase):
     """Shared behaviour of the ``tokenizers``-backed types."""
 
     name = "abstract"
@@ -67,14 +85,6 @@ class _RustTokenizer:
     @property
     def inv_vocab(self) -> dict[int, str]:
         return {i: t for t, i in self.vocab.items()}
-
-    @property
-    def eod_id(self) -> int:
-        return self.eod
-
-    @property
-    def pad_id(self) -> int:
-        return self.pad
 
     @property
     def backend(self) -> Any:
@@ -122,10 +132,14 @@ class HFTokenizer(_RustTokenizer):
         except Exception as exc:  # the Rust side raises a bare Exception
             raise ValueError(f"vocab_file: {path} is not a tokenizers JSON file ({exc})") from None
         super().__init__(tok)
-        eod = self.token_id(EOD_TOKEN)
+        # GPT-NeoX takes <|endoftext|> (and has no eod without it). Llama 3's, Llama 2's and
+        # Mistral's tokenizer.json files end documents with their own token: the first of these
+        # the file has is the eod, so those models' files preprocess and generate as they end text.
+        eod = next((i for i in map(self.token_id, EOD_TOKENS) if i is not None), None)
         if eod is None:
-            raise ValueError(f"vocab_file: {path} has no {EOD_TOKEN} token; HFTokenizer uses it as "
-                             f"end of document (tools/train_tokenizer.py adds it)")
+            raise ValueError(f"vocab_file: {path} has none of the end-of-document tokens "
+                             f"{', '.join(EOD_TOKENS)}; HFTokenizer uses the first it has "
+                             f"(tools/train_tokenizer.py adds {EOD_TOKEN})")
         self.eod = eod
         pad = self.token_id(PAD_TOKEN)
         self.pad = pad if pad is not None else eod

@@ -14,6 +14,7 @@ import torch
 from megatron_lite.config import Config
 from megatron_lite.config.deepspeed_config import build_deepspeed_config
 from megatron_lite.model.gpt import GPTModel
+from megatron_lite.model.reward import RewardModel
 from megatron_lite.parallel.state import ParallelState
 from megatron_lite.training.deepspeed_patches import (
     skip_allreduce_for_one_replica,
@@ -30,9 +31,11 @@ def is_pipelined(cfg: Config) -> bool:
 
 
 def build_module(cfg: Config, state: ParallelState) -> torch.nn.Module:
-    """This rank's part of the model: the whole ``GPTModel``, or its pipeline stage."""
+    """This rank's part of the model: the whole ``GPTModel`` (``RewardModel`` for
+    ``train_impl: rm``), or its pipeline stage."""
+    reward = cfg.post_training.train_impl == "rm"
     if not is_pipelined(cfg):
-        return GPTModel(cfg.model, state, seed=cfg.training.seed)
+        return (RewardModel if reward else GPTModel)(cfg.model, state, seed=cfg.training.seed)
     from deepspeed.pipe import PipelineModule
 
     from megatron_lite.model.pipeline import layer_specs
@@ -45,7 +48,7 @@ def build_module(cfg: Config, state: ParallelState) -> torch.nn.Module:
 
     interval = cfg.model.checkpoint_num_layers if cfg.model.checkpoint_activations else 0
     return PipelineModule(
-        layers=layer_specs(cfg.model, state, cfg.training.seed), loss_fn=loss_fn,
+        layers=layer_specs(cfg.model, state, cfg.training.seed, reward_head=reward), loss_fn=loss_fn,
         topology=state.topology, partition_method=cfg.parallel.pipe_partition_method,
         activation_checkpoint_interval=interval, activation_checkpoint_func=checkpoint,
         checkpointable_layers=["TransformerLayerPipe"],

@@ -10,11 +10,14 @@ logger = get_logger(__name__)
 
 def main(argv: list[str] | None = None) -> int:
     from megatron_lite.checkpoint.layout import CheckpointError
+    from megatron_lite.training.preference import PreferenceTrainer
     from megatron_lite.training.trainer import Trainer, TrainingError
 
     args, state = start_worker(argv)
     try:
-        code = Trainer(args, state).train()
+        # train_impl dpo / kto / rm: the post-training step (training/preference.py).
+        trainer = Trainer if args.cfg.post_training.train_impl == "normal" else PreferenceTrainer
+        code = trainer(args, state).train()
     except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         code = 1

@@ -27,6 +27,10 @@ from megatron_lite.parallel.cross_entropy import masked_mean_loss
 from megatron_lite.parallel.state import ParallelState
 from megatron_lite.training.lr_schedule import AnnealingLR
 
+# What post-training steps report besides the loss (training/losses.py), in log-line order.
+METRIC_NAMES = ("reward_accuracy", "reward_margin", "chosen_rewards", "rejected_rewards", "kl",
+                "desirable_rewards", "undesirable_rewards", "logp_chosen", "logp_rejected", "logp_policy")
+
 # tokens, labels, loss_mask [b, s] each; position_ids [b, s] and attention_mask [b, 1, s, s] (bool)
 # only when documents reset positions or attention, else None (the model's fast defaults).
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
@@ -50,6 +54,7 @@ class StepResult:
     grad_norm: torch.Tensor | float | None
     skipped: bool
     lr: float
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # post-training: rewards, accuracy
 
 
 @dataclass
@@ -204,7 +209,18 @@ def training_record(window: Window, progress: Progress, tokens_per_step: int, mo
     }
     if peak_tflops:
         record["mfu"] = tflops / peak_tflops
+    record.update(mean_metrics([r.metrics for r in results]))
     return record
+
+
+def mean_metrics(metrics: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Each metric's mean over the steps that report it (one device sync for all)."""
+    names = sorted({k for m in metrics for k in m})
+    if not names:
+        return {}
+    values = [[m[k].float() for m in metrics if k in m] for k in names]
+    means = torch.stack([torch.stack(v).mean() for v in values]).cpu().tolist()
+    return dict(zip(names, means))
 
 
 def format_record(record: dict[str, Any]) -> str:
@@ -216,6 +232,7 @@ def format_record(record: dict[str, Any]) -> str:
     if "mfu" in record:
         parts.append(f"MFU {100 * record['mfu']:.1f}%")
     parts.append(f"mem {record['memory_mb']:.0f} MB")
+    parts += [f"{k.replace('_', ' ')} {record[k]:.4f}" for k in METRIC_NAMES if k in record]
     if record["skipped_iters"]:
         parts.append(f"skipped {record['skipped_iters']}")
     return " | ".join(parts)

@@ -26,6 +26,8 @@ from megatron_lite.checkpoint.engine import (
 from megatron_lite.checkpoint.layout import CheckpointError
 from megatron_lite.checkpoint.loader import load_model_weights
 from megatron_lite.checkpoint.lock import SaveDirLock
+from megatron_lite.config import Config
+from megatron_lite.config.lora import with_lora_base
 from megatron_lite.data.data_utils import (
     build_train_valid_test_datasets,
     train_valid_test_num_samples,
@@ -35,11 +37,13 @@ from megatron_lite.data.loaders import build_data_loader
 from megatron_lite.launcher.worker import device_for
 from megatron_lite.launcher.worker_args import WorkerArgs
 from megatron_lite.model.gpt import log_model_size
+from megatron_lite.model.reward import REWARD_HEAD_KEY
 from megatron_lite.parallel.random import seed_everything
 from megatron_lite.parallel.state import ParallelState
 from megatron_lite.tokenizer import build_tokenizer
 from megatron_lite.training import steps
 from megatron_lite.training.engine import build_engine, build_module, is_pipelined
+from megatron_lite.training.lora import add_lora, lora_base
 from megatron_lite.training.metrics import MetricsWriter
 from megatron_lite.training.steps import Progress
 from megatron_lite.utils.logging import get_logger
@@ -54,6 +58,8 @@ class TrainingError(RuntimeError):
 class Trainer:
     """One training run on this rank: built from the worker's config and parallel groups, run by
     ``train()``. Holds the runtime state (progress, engine, data iterators, metrics)."""
+
+    lora_base: str | None = None  # LoRA: where the frozen weights came from (every save records it)
 
     def __init__(self, args: WorkerArgs, state: ParallelState) -> None:
         self.cfg, self.state, self.run_dir = args.cfg, state, args.run_dir
@@ -110,11 +116,20 @@ class Trainer:
     def _build_engine(self) -> None:
         cfg = self.cfg
         log_model_size(cfg.model)
-        module = build_module(cfg, self.state)
-        if cfg.checkpoint.finetune or resumes_weights_only(cfg):
-            load_model_weights(module, cfg, self.state.tp_rank, self.pipelined)
+        module = self._build_module()
         self.engine, self.optimizer, self.schedule = build_engine(
             cfg, self.state, module, self.lr_decay_iters, on_gpu=self.device.type == "cuda")
+
+    def _build_module(self) -> torch.nn.Module:
+        """This rank's model, holding the weights training starts from (before DeepSpeed wraps it)."""
+        module = build_module(self.cfg, self.state)
+        if self.cfg.post_training.lora:  # the frozen base weights, then adapters (training/lora.py)
+            self.lora_base = lora_base(self.cfg)
+            return add_lora(module, self.cfg, self.state.tp_rank, self.pipelined, self.lora_base)
+        if self.cfg.checkpoint.finetune or resumes_weights_only(self.cfg):
+            # A reward model's head may be new: it starts from its initialisation.
+            load_model_weights(module, self.cfg, self.state.tp_rank, self.pipelined, new_heads=(REWARD_HEAD_KEY,))
+        return module
 
     def _lock_save_dir(self) -> SaveDirLock | None:
         """Rank 0 locks ``save`` (one run writes a directory); every rank learns the outcome."""
@@ -155,13 +170,17 @@ class Trainer:
             return 0
         return (self.progress.iteration // tr.eval_interval) * tr.eval_iters * tr.train_batch_size
 
-    def _batches(self, split: str, consumed: int) -> Iterator[steps.Batch] | None:
-        """Micro batches of ``split`` on the device, from ``consumed`` samples on (None without data)."""
-        loader = build_data_loader(
+    def _loader(self, split: str, consumed: int) -> Any:
+        """This rank's DataLoader of ``split`` from ``consumed`` samples on (None without data)."""
+        return build_data_loader(
             self.datasets[split], self.cfg.training.train_micro_batch_size_per_gpu,
             self.state.dp_rank, self.state.dp_size, consumed, self.cfg.data.num_workers,
             loop=split != "train" or self.cfg.training.train_epochs is not None,
         )
+
+    def _batches(self, split: str, consumed: int) -> Iterator[steps.Batch] | None:
+        """Micro batches of ``split`` on the device, from ``consumed`` samples on (None without data)."""
+        loader = self._loader(split, consumed)
         if loader is None:
             return None
         data = self.cfg.data
@@ -190,8 +209,7 @@ class Trainer:
         window = steps.Window()
         try:
             while self.progress.iteration < self.train_iters:
-                result = steps.train_step(self.engine, self.schedule, self.train_batches,
-                                          self.state, self.pipelined)
+                result = self._train_step()
                 self._after_step(result, window, bar)
                 if self._should_stop(window):
                     return 0
@@ -199,6 +217,9 @@ class Trainer:
             return 0
         finally:
             bar.close()
+
+    def _train_step(self) -> steps.StepResult:
+        return steps.train_step(self.engine, self.schedule, self.train_batches, self.state, self.pipelined)
 
     def _after_step(self, result: steps.StepResult, window: steps.Window, bar: Any) -> None:
         p, cfg = self.progress, self.cfg
@@ -272,9 +293,13 @@ class Trainer:
     def save(self) -> None:
         tok = self.cfg.tokenizer
         files = [f for f in (tok.vocab_file, tok.merge_file) if f]
-        save_checkpoint(self.engine, self.cfg, self.progress.iteration,
-                        self.progress.consumed_train_samples, files, self.tokenizer.vocab_size,
-                        own_steps=self.saved_steps)
+        cfg = with_lora_base(self._config_to_save(), self.lora_base)  # a LoRA checkpoint names its base
+        save_checkpoint(self.engine, cfg, self.progress.iteration, self.progress.consumed_train_samples,
+                        files, self.tokenizer.vocab_size, own_steps=self.saved_steps)
+
+    def _config_to_save(self) -> Config:
+        """The config written with each checkpoint (post-training records its reference there)."""
+        return self.cfg
 
     def evaluate(self, split: str) -> float | None:
         """Mean loss over ``eval_iters`` global batches of ``split`` (None without data)."""

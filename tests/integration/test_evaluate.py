@@ -57,6 +57,11 @@ def hf_reference(hf_checkpoint, tmp_path_factory) -> dict:
 
 def read_samples(path: Path) -> dict[int, list]:
     """doc_id -> the filtered model responses of that document, numbers as floats."""
+    return by_doc([json.loads(line) for line in path.read_text().splitlines()])
+
+
+def by_doc(records: list[dict]) -> dict[int, list]:
+    """doc_id -> the filtered model responses of lm-eval's sample records, numbers as floats."""
     def norm(x):
         if isinstance(x, (list, tuple)):
             return [norm(y) for y in x]
@@ -64,7 +69,6 @@ def read_samples(path: Path) -> dict[int, list]:
             return float(x) if not isinstance(x, bool) and x not in ("True", "False") else str(x)
         except (TypeError, ValueError):
             return x
-    records = [json.loads(line) for line in path.read_text().splitlines()]
     return {r["doc_id"]: norm(r["filtered_resps"]) for r in records}
 
 
@@ -108,6 +112,45 @@ def test_local_tasks_equal_lm_eval_hf_model(tmp_path, hf_checkpoint, hf_referenc
     assert "piqa_style" in result.stdout and "acc" in result.stdout  # the printed table
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["split"] == "eval" and record["piqa_style/acc"] == results["results"]["piqa_style"]["acc,none"]
+
+
+def test_local_tasks_on_a_llama_equal_lm_eval_hf_model(tmp_path):
+    """The parity above for a Llama (GQA, llama3 rope scaling): lm-eval's own `hf` model on our
+    LlamaForCausalLM export against our adapter on the converted checkpoint, in this process
+    (two process launches cheaper; evaluate.py's own path is the test above)."""
+    import shutil
+
+    from lm_eval import evaluator
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    import megatron_lite
+    from megatron_lite.evaluation.lm_adapter import MegatronLiteLM
+    from tests.unit.test_hf_interop import add_tokenizer, tool_main
+    from tests.unit.test_hf_llama import LLAMA3, hf_llama
+
+    tok = add_tokenizer(tmp_path)  # tmp_path/tokenizer.json
+    hf_dir, _ = hf_llama(tmp_path, num_key_value_heads=2, rope_parameters=LLAMA3, vocab_size=tok.get_vocab_size())
+    shutil.copy(tmp_path / "tokenizer.json", hf_dir)
+    ckpt, exported = tmp_path / "ckpt", tmp_path / "exported"
+    assert tool_main("convert_from_hf.py", "--input_dir", hf_dir, "--output_dir", ckpt) == 0
+    assert tool_main("convert_to_hf.py", "--input_dir", ckpt, "--output_dir", exported) == 0
+    model, tokenizer = megatron_lite.load_model(str(ckpt))
+    lms = {"ours": MegatronLiteLM(model.gpt, tokenizer, model.vocab_size, batch_size=3, show_progress=False),
+           "hf": HFLM(pretrained=str(exported), dtype="float32", batch_size=1, device="cpu")}
+    manager = TaskManager(include_path=str(TASKS))
+    found = {name: evaluator.simple_evaluate(model=lm, tasks=LOCAL_TASKS, task_manager=manager, bootstrap_iters=0,
+                                             log_samples=True, random_seed=1234, numpy_random_seed=1234,
+                                             torch_random_seed=1234, fewshot_random_seed=1234)
+             for name, lm in lms.items()}
+    assert_same_numbers(found["ours"]["results"], found["hf"]["results"], LOCAL_TASKS)
+    for task in LOCAL_TASKS:
+        ours, ref = by_doc(found["ours"]["samples"][task]), by_doc(found["hf"]["samples"][task])
+        assert ours.keys() == ref.keys() and ours
+        for doc_id, resps in ref.items():
+            assert_close_nested(ours[doc_id], resps, (task, doc_id))
+    generated = by_doc(found["hf"]["samples"]["triviaqa_style"]).values()
+    assert any(g and g != [""] for g in generated)  # the generation comparison compared text
 
 
 def test_tp2_and_two_replicas_equal_one_rank_with_limit_and_fewshot(tmp_path, hf_checkpoint):

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 
 from megatron_lite.config.schema import DataConfig
+from megatron_lite.config.validators import parse_split
 from megatron_lite.data import gpt_dataset as gd
 from megatron_lite.data.blendable_dataset import weights_by_num_documents
 from megatron_lite.data.data_utils import (
     build_train_valid_test_datasets,
-    parse_split,
-    split_boundaries,
     train_valid_test_num_samples,
 )
 from megatron_lite.data.gpt_dataset import GPT2Dataset, train_iters_from_epochs
 from megatron_lite.data.indexed_dataset import MMapIndexedDataset, MMapIndexedDatasetBuilder
+from megatron_lite.data.splits import split_boundaries
 
 SEQ = 16
 

@@ -227,8 +227,8 @@ def test_unexportable_options_are_clear_errors(option, named):
 
 
 @pytest.mark.parametrize("change, named", [
-    ({"model_type": "llama"}, "model_type 'llama'"), ({"hidden_act": "gelu_new"}, "hidden_act 'gelu_new'"),
-    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}, "rope_type 'linear'"),
+    ({"model_type": "gpt2"}, "model_type 'gpt2'"), ({"hidden_act": "gelu_fast"}, "hidden_act 'gelu_fast'"),
+    ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}}, "rope_type 'dynamic'"),
 ])
 def test_unconvertible_hf_configs_are_clear_errors(change, named):
     config = {"model_type": "gpt_neox", "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 4,
@@ -252,10 +252,10 @@ def test_tool_command_line_errors(tmp_path):
                                        "pos_emb": "rotary", "tokenizer_type": "CharLevelTokenizer"}), 1)
     write_weights_checkpoint(GPTModel(swiglu.model).state_dict(), str(tmp_path / "swiglu"),
                              dump_yaml(swiglu), 1, glu=True)
-    llama = tmp_path / "llama"
-    llama.mkdir()
-    (llama / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 8}))
-    save_file({"x": torch.zeros(1)}, llama / "model.safetensors")
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "max_position_embeddings": 8}))
+    save_file({"x": torch.zeros(1)}, gpt2 / "model.safetensors")
     neox = hf_model(tmp_path, rotary_pct=0.25, parallel=True, tied=True)  # 4 heads
     runs = {
         "from-tp3": tool("convert_from_hf.py", "--input_dir", neox, "--output_dir", tmp_path / "o5",
@@ -263,11 +263,11 @@ def test_tool_command_line_errors(tmp_path):
         "to-missing": tool("convert_to_hf.py", "--input_dir", tmp_path / "absent", "--output_dir", tmp_path / "o1"),
         "from-missing": tool("convert_from_hf.py", "--input_dir", tmp_path / "absent", "--output_dir", tmp_path / "o2"),
         "to-swiglu": tool("convert_to_hf.py", "--input_dir", tmp_path / "swiglu", "--output_dir", tmp_path / "o3"),
-        "from-llama": tool("convert_from_hf.py", "--input_dir", llama, "--output_dir", tmp_path / "o4"),
+        "from-gpt2": tool("convert_from_hf.py", "--input_dir", gpt2, "--output_dir", tmp_path / "o4"),
     }
     results = {name: finish(proc) for name, proc in runs.items()}
     expected = {"to-missing": "absent", "from-missing": "absent", "to-swiglu": "activation: swiglu",
-                "from-llama": "model_type 'llama'", "from-tp3": "not divisible by model_parallel_size (3)"}
+                "from-gpt2": "model_type 'gpt2'", "from-tp3": "not divisible by model_parallel_size (3)"}
     for name, text in expected.items():
         code, _, err = results[name]
         assert code == 1 and "error:" in err and text in err, (name, err)

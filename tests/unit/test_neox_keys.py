@@ -35,14 +35,13 @@ checkpoint_factor_scale keep_last_n_checkpoints_scale
 """.split()
 
 IMPLEMENTED = {"eod_mask_loss", "reset_position_ids", "reset_attention_mask", "fp32_allreduce",
-               "bias_gelu_fusion"}
+               "bias_gelu_fusion", "pack_impl", "allow_chopped", "precompute_model_name"}
 
 # A value other than the default, for every key refused unless left at its default.
 REFUSED = {
     "sequence_parallel": True,
     "opt_pos_emb_offset": 2,
     "output_layer_init_method_std": 0.01,
-    "pack_impl": "unpacked",
     "curriculum_learning": {"enabled": True, "curriculum_type": "seqlen"},
     "amp": {"enabled": True, "opt_level": "O1"},
     "prescale_gradients": True,
@@ -55,7 +54,6 @@ REFUSED = {
     "keep_last_n_checkpoints_scale": 2,
     "s3_path": "s3://bucket/run",
     "hf_upload": True,
-    "sliding_window_width": 4096,
     "use_bnb_optimizer": True,
 }
 
@@ -94,14 +92,14 @@ def test_defaults_as_shipped_gpt_neox_configs_spell_them_load(tmp_path, caplog):
         "checkpoint_scale": "linear", "s3_path": None, "hf_upload": False,
         "sliding_window_width": None, "use_bnb_optimizer": False,
         # ignored keys, whatever their value
-        "allow_chopped": False, "partition_activations": True,
+        "allow_chopped": False, "partition_activations": True,  # allow_chopped: a field
         "override_lr_scheduler": True, "char_level_ppl": True, "sparse_gradients": True,
     }
     with caplog.at_level("INFO", logger="megatron_lite"):
         cfg = load(tmp_path, defaults)
     assert not (cfg.data.eod_mask_loss or cfg.data.reset_position_ids or cfg.data.reset_attention_mask)
     ignored = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
-    assert len(ignored) == 1 and "allow_chopped" in ignored[0] and "sequence_parallel" not in ignored[0]
+    assert len(ignored) == 1 and "partition_activations" in ignored[0] and "sequence_parallel" not in ignored[0]
 
 
 def test_implemented_keys_load_and_reach_deepspeed(tmp_path):
@@ -110,3 +108,26 @@ def test_implemented_keys_load_and_reach_deepspeed(tmp_path):
     assert cfg.data.eod_mask_loss and cfg.data.reset_position_ids and cfg.data.reset_attention_mask
     assert build_deepspeed_config(cfg, on_gpu=False)["communication_data_type"] == "fp32"
     assert "communication_data_type" not in build_deepspeed_config(load(tmp_path, {}), on_gpu=False)
+
+
+@pytest.mark.parametrize("spec, layers, expected", [
+    ([[["global", "flash"], 2]], 4, None),  # a pattern repeated count times: 4 layers
+    ([[["global"], "all"]], 3, None),
+    ([[["flash"], 1], [["global", "flash"], "all"]], 4, None),  # "all" is the whole answer
+    (["global", "flash", "global"], 3, None),  # already expanded
+    ([[["global", "flash"], 2]], 2, "covers 4 layers but num_layers is 2"),
+    ([[["global", "flash"], "all"]], 3, "must tile num_layers"),
+    ([[["gmlp"], "all"]], 2, "'gmlp' attention is not implemented"),
+])
+def test_attention_config_expands_as_gpt_neox(tmp_path, spec, layers, expected):
+    keys = {**BASE, "num_layers": layers, "attention_config": spec}
+    if expected is None:
+        assert load(tmp_path, keys).model.attention_config == spec
+    else:
+        with pytest.raises(ConfigError, match=expected):
+            load(tmp_path, keys)
+
+
+def test_attention_type_multihead_contradicting_num_kv_heads_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="attention_type: multihead contradicts num_kv_heads: 2"):
+        load(tmp_path, {**BASE, "attention_type": "multihead", "num_kv_heads": 2})

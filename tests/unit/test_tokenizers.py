@@ -126,7 +126,7 @@ def test_more_errors(tmp_path, files):
     from tokenizers import Tokenizer, models
 
     Tokenizer(models.BPE()).save(str(tmp_path / "noeod.json"))
-    with pytest.raises(ValueError, match="noeod.json has no <|endoftext|> token"):
+    with pytest.raises(ValueError, match="noeod.json has none of the end-of-document tokens"):
         build_tokenizer_from("HFTokenizer", str(tmp_path / "noeod.json"))
     with pytest.raises(FileNotFoundError, match="merge_file: .*nope.txt not found"):
         vocab_size_of("HFGPT2Tokenizer", str(files / "vocab.json"), str(tmp_path / "nope.txt"))
@@ -319,3 +319,19 @@ def test_config_derives_padded_vocab_from_spm_and_tiktoken(spm_models, tmp_path)
     (tmp_path / "junk.model").write_bytes(b"junk")
     with pytest.raises(ConfigError, match="junk.model is not a SentencePiece model"):
         resolve(config_from_flat({**base, "tokenizer_type": "SPMTokenizer", "vocab_file": str(tmp_path / "junk.model")}), 1)
+
+
+@pytest.mark.parametrize("tokens, eod", [
+    (["<|begin_of_text|>", "<|end_of_text|>"], "<|end_of_text|>"),  # Llama 3's tokenizer.json
+    (["<s>", "</s>"], "</s>"),  # Llama 2's and Mistral's
+    (["</s>", "<|endoftext|>"], "<|endoftext|>"),  # GPT-NeoX's token first, wherever it is
+])
+def test_hf_tokenizer_ends_documents_with_the_models_own_token(tmp_path, tokens, eod):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(tokens)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    built = build_tokenizer_from("HFTokenizer", str(tmp_path / "tokenizer.json"))
+    assert built.eod == tok.token_to_id(eod) and built.tokenize("a b") == [0, 1]

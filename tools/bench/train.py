@@ -118,7 +118,8 @@ def _measure_halving_on_oom(shape: Shape, cfg: Config, args: argparse.Namespace,
 
 
 def arch_of(impl: str, megatron_lite_arch: str) -> str:
-    return {"megatron_lite": megatron_lite_arch, "transformers": "gpt_neox"}.get(impl, "nanogpt")
+    reference = "llama" if megatron_lite_arch == "llama" else "gpt_neox"
+    return {"megatron_lite": megatron_lite_arch, "transformers": reference}.get(impl, "nanogpt")
 
 
 def _record(shape: Shape, cfg: Config, impl: str, m: Measured, args: argparse.Namespace,
@@ -194,8 +195,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="warmup steps (with --steps)")
     parser.add_argument("--micro_batch", type=int, default=None, help="override every shape's micro batch")
     parser.add_argument("--arch", choices=tuple(ARCHS), default="gpt_neox",
-                        help="megatron_lite's architecture: gpt_neox (= transformers' model) or "
-                             "nanogpt (= nanogpt_style's model)")
+                        help="megatron_lite's architecture: gpt_neox (= transformers' GPTNeoX), llama "
+                             "(= transformers' LlamaForCausalLM, which the transformers column then "
+                             "runs) or nanogpt (= nanogpt_style's model)")
     parser.add_argument("--compile", action="store_true", help="torch.compile all three models")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="train in bf16 (ours: DeepSpeed bf16; the references: autocast); "

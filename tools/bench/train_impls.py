@@ -51,10 +51,15 @@ STEPS = {"nanogpt_cpu": (5, 20), "125M": (2, 2)}
 
 
 # megatron_lite's architecture options: GPT-NeoX's (what transformers' GPTNeoX builds: rotary,
-# biases everywhere, untied head) or nanoGPT's (what nanogpt_style builds: learned positions,
-# no biases, tied head; configs/cpu_shakespeare.yml is this with an untied head).
+# biases everywhere, untied head), Llama's (what transformers' LlamaForCausalLM builds: RMSNorm,
+# SwiGLU, rotary over the whole head, no biases, untied head, grouped-query attention with half
+# the heads as key/value heads) or nanoGPT's (what nanogpt_style builds: learned positions, no
+# biases, tied head; configs/cpu_shakespeare.yml is this with an untied head).
 ARCHS = {
     "gpt_neox": {"pos_emb": "rotary", "no_weight_tying": True},
+    "llama": {"pos_emb": "rotary", "no_weight_tying": True, "norm": "rmsnorm", "rms_norm_epsilon": 1e-6,
+              "activation": "swiglu", "use_bias_in_norms": False, "use_bias_in_attn_linear": False,
+              "use_bias_in_mlp": False},
     "nanogpt": {"pos_emb": "learned", "no_weight_tying": False, "use_bias_in_norms": False,
                 "use_bias_in_attn_linear": False, "use_bias_in_mlp": False,
                 "init_method": "normal", "output_layer_init_method": "scaled_normal"},
@@ -69,6 +74,7 @@ def model_config(shape: Shape, bf16: bool, compile_model: bool, arch: str = "gpt
         "hidden_size": shape.hidden, "num_attention_heads": shape.heads, "seq_length": shape.seq,
         "max_position_embeddings": shape.seq, "padded_vocab_size": shape.vocab,
         "norm": "layernorm", "gpt_j_residual": False, **ARCHS[arch],
+        **({"num_kv_heads": shape.heads // 2} if arch == "llama" else {}),
         "hidden_dropout": 0.0, "attention_dropout": 0.0,
         "optimizer": {"type": "AdamW", "params": {"lr": LR, "betas": list(BETAS), "eps": EPS}},
         "min_lr": MIN_LR, "weight_decay": WEIGHT_DECAY, "gradient_clipping": GRAD_CLIP,
@@ -125,18 +131,38 @@ def _xy(batches: list[torch.Tensor], device: torch.device) -> Iterator[tuple[tor
         yield from pairs
 
 
-def build_transformers(cfg: Config, batches: list[torch.Tensor], device: torch.device) -> Step:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, get_cosine_schedule_with_warmup
+def _llama_model(m: Any) -> Any:
+    """transformers' LlamaForCausalLM of the same shape as our llama-arch ``m`` (ModelConfig)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf = LlamaConfig(vocab_size=m.padded_vocab_size, hidden_size=m.hidden_size,
+                     intermediate_size=m.mlp_inner_size, num_hidden_layers=m.num_layers,
+                     num_attention_heads=m.num_attention_heads, num_key_value_heads=m.num_kv_heads,
+                     max_position_embeddings=m.max_position_embeddings, rms_norm_eps=m.rms_norm_epsilon,
+                     rope_theta=float(m.rotary_emb_base), tie_word_embeddings=False,
+                     attention_bias=False, mlp_bias=False, use_cache=False)
+    return LlamaForCausalLM._from_config(hf, attn_implementation="sdpa")
+
+
+def _gpt_neox_model(m: Any) -> Any:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from megatron_lite.checkpoint.hf import hf_config_dict
 
     # GPTNeoX cannot express the nanoGPT architecture: transformers always builds GPT-NeoX's.
-    neox = dataclasses.replace(cfg.model, pos_emb="rotary", no_weight_tying=True, use_bias_in_norms=True,
+    neox = dataclasses.replace(m, pos_emb="rotary", no_weight_tying=True, use_bias_in_norms=True,
                                use_bias_in_attn_linear=True, use_bias_in_mlp=True)
-    hf = GPTNeoXConfig(**hf_config_dict(neox, cfg.model.padded_vocab_size, None, None))
+    hf = GPTNeoXConfig(**hf_config_dict(neox, m.padded_vocab_size, None, None))
     hf.use_cache = False
+    return GPTNeoXForCausalLM._from_config(hf, attn_implementation="sdpa")
+
+
+def build_transformers(cfg: Config, batches: list[torch.Tensor], device: torch.device) -> Step:
+    from transformers import get_cosine_schedule_with_warmup
+
     torch.manual_seed(cfg.training.seed)
-    model = GPTNeoXForCausalLM._from_config(hf, attn_implementation="sdpa").to(device).train()
+    llama = cfg.model.activation == "swiglu"  # --arch llama: transformers' Llama, else its GPTNeoX
+    model = (_llama_model(cfg.model) if llama else _gpt_neox_model(cfg.model)).to(device).train()
     if cfg.training.compile:
         model.compile()
     decay = [p for p in model.parameters() if p.ndim >= 2]
