@@ -40,7 +40,11 @@ from megatron_lite.data.readers import (
     iter_documents,
     string_fields,
 )
-from megatron_lite.tokenizer import TOKENIZER_TYPES, build_tokenizer_from, canonical_type
+from megatron_lite.tokenizer import (
+    TOKENIZER_TYPES,
+    build_tokenizer_from,
+    tokenizer_type_arg,
+)
 from megatron_lite.utils.cli import run_reporting_errors
 from megatron_lite.utils.files import atomic_write_text
 from megatron_lite.utils.logging import setup_logging
@@ -64,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "file only (default %(default)s)")
     p.add_argument("--lang-field", default="lang",
                    help="record field holding the language; '' for none (default %(default)s)")
-    p.add_argument("--tokenizer-type", default=None, type=_tokenizer_type,
+    p.add_argument("--tokenizer-type", default=None, type=tokenizer_type_arg,
                    metavar="{" + ",".join(TOKENIZER_TYPES) + "}", help="count tokens with this tokenizer")
     p.add_argument("--vocab-file", default=None, help="the tokenizer's file (as preprocess_data.py)")
     p.add_argument("--merge-file", default=None, help="GPT-2 merges.txt")
@@ -81,13 +85,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if (args.vocab_file or args.merge_file) and not args.tokenizer_type:
         p.error("--vocab-file and --merge-file need --tokenizer-type")
     return args
-
-
-def _tokenizer_type(value: str) -> str:
-    try:
-        return canonical_type(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _init_worker(args: argparse.Namespace, worker: bool = True) -> None:

@@ -93,7 +93,7 @@ from megatron_lite.data.readers import (
     iter_documents,
 )
 from megatron_lite.data.sft import LABEL_DTYPE, encode_segments, prompt_completion_parser
-from megatron_lite.tokenizer import TOKENIZER_TYPES, build_tokenizer_from
+from megatron_lite.tokenizer import TOKENIZER_TYPES, build_tokenizer_from, tokenizer_type_arg
 from megatron_lite.tokenizer.long_text import (
     DEFAULT_MAX_DOCUMENT_CHARS,
     LongTextEncoder,
@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jsonl-keys", nargs="+", default=None,
                    help="JSON keys to tokenize; one output per key (default: text)")
     p.add_argument("--num-docs", type=int, default=None, help="stop after this many documents")
-    p.add_argument("--tokenizer-type", required=True, type=_tokenizer_type, metavar="{" + ",".join(TOKENIZER_TYPES) + "}")
+    p.add_argument("--tokenizer-type", required=True, type=tokenizer_type_arg, metavar="{" + ",".join(TOKENIZER_TYPES) + "}")
     p.add_argument("--vocab-file", default=None, help="tokenizers JSON (HFTokenizer), GPT-2 vocab.json, SentencePiece "
                    "tokenizer.model (SPMTokenizer) or .tiktoken rank file (TiktokenTokenizer)")
     p.add_argument("--merge-file", default=None, help="GPT-2 merges.txt")
@@ -143,15 +143,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--max-document-chars must be at least 0")
     check_record_args(p, args)
     return args
-
-
-def _tokenizer_type(value: str) -> str:
-    from megatron_lite.tokenizer import canonical_type
-
-    try:
-        return canonical_type(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _init_worker(tokenizer_type: str, vocab_file: str | None, merge_file: str | None,

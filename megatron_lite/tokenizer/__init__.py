@@ -26,7 +26,7 @@ from megatron_lite.tokenizer.tokenizer_types import (
 TOKENIZER_TYPES = ("HFTokenizer", "HFGPT2Tokenizer", "GPT2BPETokenizer", "CharLevelTokenizer",
                    "SPMTokenizer", "TiktokenTokenizer")
 
-__all__ = ["TOKENIZER_TYPES", "build_tokenizer", "build_tokenizer_from", "canonical_type",
+__all__ = ["TOKENIZER_TYPES", "build_tokenizer", "build_tokenizer_from", "canonical_type", "tokenizer_type_arg",
            "vocab_size_of", "CharLevelTokenizer", "GPT2BPETokenizer", "HFGPT2Tokenizer",
            "HFTokenizer", "SPMTokenizer", "TiktokenTokenizer", "EOD_TOKEN", "PAD_TOKEN"]
 
@@ -97,3 +97,14 @@ def vocab_size_of(tokenizer_type: str, vocab_file: str | None, merge_file: str |
     if kind == "HFGPT2Tokenizer":
         tokens.add(PAD_TOKEN)
     return len(tokens)
+
+
+def tokenizer_type_arg(value: str) -> str:
+    """An argparse ``type=`` for ``--tokenizer-type``: GPT-NeoX's spelling, or argparse's one-line
+    error naming the types (shared by the data tools)."""
+    import argparse
+
+    try:
+        return canonical_type(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -36,7 +36,7 @@ from megatron_lite.training.losses import (
     token_log_probs,
 )
 from megatron_lite.training.lr_schedule import AnnealingLR
-from megatron_lite.training.steps import StepResult
+from megatron_lite.training.steps import StepResult, dp_mean
 
 # The metrics each objective reports (training/losses.py), in a fixed order for the all-reduce.
 METRICS = {
@@ -175,15 +175,6 @@ class LossCollector:
         return loss
 
 
-def _reduce(vector: torch.Tensor, state: ParallelState) -> torch.Tensor:
-    """Mean over the data-parallel replicas."""
-    if state.dp_size > 1:
-        vector = vector.clone()
-        dist.all_reduce(vector, group=state.dp_group)
-        vector /= state.dp_size
-    return vector
-
-
 def _pipelined(engine: Any, batches: Iterator[PreferenceBatch], state: ParallelState, objective: Objective,
                reference: Reference | None, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One global batch through DeepSpeed's pipeline engine: (mean loss, metric vector)."""
@@ -199,7 +190,7 @@ def _pipelined(engine: Any, batches: Iterator[PreferenceBatch], state: ParallelS
     run = engine.train_batch if train else engine.eval_batch
     loss = run(data_iter=iter(items)).detach().float()
     last = state.pp_rank == state.pp_size - 1
-    vector = _reduce(objective.vector(collector.metrics), state) if last else \
+    vector = dp_mean(objective.vector(collector.metrics), state) if last else \
         torch.zeros(len(objective.metric_names), device=loss.device)
     if state.pp_size > 1:  # to every stage (rank 0, which logs, is on the first)
         dist.broadcast(vector, src=state.rank + (state.pp_size - 1 - state.pp_rank) * state.dp_size * state.tp_size,
@@ -221,7 +212,7 @@ def _plain(engine: Any, batches: Iterator[PreferenceBatch], state: ParallelState
         losses.append(loss.detach().float())
         metrics.append(m)
     vector = torch.cat([torch.stack(losses).mean().unsqueeze(0), objective.vector(metrics)])
-    vector = _reduce(vector, state)
+    vector = dp_mean(vector, state)
     return vector[0], vector[1:]
 
 

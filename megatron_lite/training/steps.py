@@ -132,7 +132,8 @@ def _micro_loss(engine: Any, batch: Batch, state: ParallelState) -> torch.Tensor
     return masked_mean_loss(logits, labels, loss_mask, state)
 
 
-def _dp_mean(value: torch.Tensor, state: ParallelState) -> torch.Tensor:
+def dp_mean(value: torch.Tensor, state: ParallelState) -> torch.Tensor:
+    """Mean over the data-parallel replicas (a copy; one rank: the value itself)."""
     if state.dp_size > 1:
         value = value.clone()
         dist.all_reduce(value, group=state.dp_group)
@@ -154,7 +155,7 @@ def train_step(engine: Any, schedule: AnnealingLR, batches: Iterator[Batch], sta
             engine.backward(loss)
             engine.step()
             total += loss.detach().float()
-        mean_loss = _dp_mean(total / engine.gradient_accumulation_steps(), state)
+        mean_loss = dp_mean(total / engine.gradient_accumulation_steps(), state)
     skipped = bool(getattr(engine, "skipped_steps", 0) and engine.was_step_applied() is False)
     return StepResult(mean_loss, engine.get_global_grad_norm(), skipped, lr)
 
@@ -173,7 +174,7 @@ def evaluate(engine: Any, batches: Iterator[Batch], state: ParallelState, pipeli
             else:
                 micro = [_micro_loss(engine, next(batches), state).float()
                          for _ in range(engine.gradient_accumulation_steps())]
-                losses.append(float(_dp_mean(torch.stack(micro).mean(), state).item()))
+                losses.append(float(dp_mean(torch.stack(micro).mean(), state).item()))
     finally:
         engine.train()
     return sum(losses) / len(losses)
