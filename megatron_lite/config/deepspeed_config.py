@@ -92,6 +92,11 @@ def build_deepspeed_config(cfg: Config, on_gpu: bool) -> dict[str, Any]:
         # GPT-NeoX passes "fp32_allreduce" to its DeepSpeed fork; upstream DeepSpeed spells it
         # communication_data_type (default: the training precision).
         ds["communication_data_type"] = "fp32"
+    if cfg.parallel.sequence_parallel and cfg.parallel.model_parallel_size > 1:
+        # DeepSpeed's pipeline sends 1/tp of each activation (and gradient) per tensor rank and
+        # all-gathers the rest, which assumes every rank holds the same tensor; under sequence
+        # parallelism each holds its own chunk, so each sends the whole of it.
+        ds["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
     for key, value in cfg.launcher.deepspeed_extra_args.items():
         ds[key] = copy.deepcopy(value)
     return ds

@@ -277,6 +277,9 @@ def validate(cfg: Config) -> None:
     if m.mlp_inner_size is not None and m.mlp_inner_size % tp:
         raise ConfigError(f"the MLP width, mlp_inner_size ({m.mlp_inner_size}), is not divisible by "
                           f"model_parallel_size ({tp})")
+    if cfg.parallel.sequence_parallel and m.seq_length is not None and m.seq_length % tp:
+        raise ConfigError(f"sequence_parallel: seq_length ({m.seq_length}) is not divisible by "
+                          f"model_parallel_size ({tp})")
     if m.seq_length is not None and m.max_position_embeddings is not None:
         if m.seq_length > m.max_position_embeddings:
             raise ConfigError(

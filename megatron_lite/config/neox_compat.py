@@ -153,7 +153,6 @@ UNSUPPORTED_KEYS: dict[str, tuple[Any, str]] = {
     "context_parallel_size": (1, "context parallelism"),
     # GPT-NeoX / Megatron-LM keys that change what is computed (or what a run does) when set;
     # their default is what megatron_lite does (issue #18: none may be accepted and ignored).
-    "sequence_parallel": (False, "sequence parallelism"),
     "opt_pos_emb_offset": (0, "OPT's offset of learned positions"),
     "output_layer_init_method_std": (None, "a separate init std of the output layers"),
     "curriculum_learning": (None, "curriculum learning"),

@@ -70,6 +70,7 @@ class ParallelConfig:
 
     pipe_parallel_size: int = f(0, "Pipeline stages; 0 = plain sequential module, >=1 = DeepSpeed PipelineModule.")
     model_parallel_size: int = f(1, "Tensor-parallel ranks per layer.")
+    sequence_parallel: bool = f(False, "Megatron-style sequence parallelism: norms, dropout and residuals on s/model_parallel_size tokens per rank, all-gather / reduce-scatter in place of all-reduce (less activation memory, same losses); no effect when model_parallel_size is 1.")
     pipe_partition_method: str = f("type:transformer|mlp", "How PipelineModule splits layers: parameters, uniform or type:REGEX.")
     distributed_backend: str = f("nccl", "torch.distributed backend on GPU (gloo is always used on CPU).")
     zero_optimization: dict = f({"stage": 0}, "DeepSpeed zero_optimization section (stage 0-3, offload, buckets).")

@@ -70,6 +70,8 @@ def build_model(cfg: Config, state: Any, device: Any) -> GPTModel:
     if not cfg.checkpoint.load:
         raise GenerationError("no checkpoint to generate from: set `load` (a training checkpoint "
                               "or a converted Hugging Face model)")
+    # Decoding feeds one token at a time: never split along the sequence (the weights are the same).
+    state = state.without_sequence_parallel()
     model = GPTModel(cfg.model, state, seed=cfg.training.seed)
     load_model_weights(model, cfg, state.tp_rank, pipelined=False)
     return model.to(device).eval()

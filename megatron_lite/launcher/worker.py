@@ -53,6 +53,7 @@ def init_distributed(cfg: Config) -> ParallelState:
     state = ParallelState.build(
         tp_size=cfg.parallel.model_parallel_size,
         pp_size=pipe_stages(cfg.parallel.pipe_parallel_size),
+        sequence_parallel=cfg.parallel.sequence_parallel,
     )
     logger.info("parallel layout: %s", state.describe())
     return state

@@ -45,10 +45,12 @@ class ParallelAttention(nn.Module):
         self.query_key_value = ColumnParallelLinear(
             h, (heads + 2 * kv) * self.head_dim, state, bias=cfg.use_bias_in_attn_linear,
             init_std=std, seed=seed, name=f"{prefix}.query_key_value",
+            sequence_parallel=state.sequence_parallel,
         )
         self.dense = RowParallelLinear(
             heads * self.head_dim, h, state, bias=cfg.use_bias_in_attn_linear,
             init_std=out_std, seed=seed, name=f"{prefix}.dense",
+            sequence_parallel=state.sequence_parallel,
         )
         self.rotary = (
             RotaryEmbedding(self.head_dim, cfg.rotary_pct, cfg.rotary_emb_base, cfg.rope_scaling)
@@ -78,7 +80,9 @@ class ParallelAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x [b, s, h] -> [b, s, h]. ``attention_mask`` (bool [b, 1, s, k], True = attend)
-        is only needed for padded batches; causality is built in."""
+        is only needed for padded batches; causality is built in. Under sequence parallelism x
+        and the result are this rank's chunk [b, s/tp, h]; the projections gather and re-split
+        it, so everything between them (positions, masks, the cache) sees the whole sequence."""
         q, k, v = self._split_qkv(self.query_key_value(x))
         if self.rotary is not None:
             cos, sin = self.rotary.cos_sin(position_ids, q.dtype)

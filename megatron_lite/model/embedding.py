@@ -15,7 +15,8 @@ from megatron_lite.parallel.layers import (
     linear,
     master_normal,
 )
-from megatron_lite.parallel.mappings import copy_to_region, gather_from_region
+from megatron_lite.parallel.mappings import copy_to_region, gather_from_region, scatter_to_sequence
+from megatron_lite.parallel.random import get_rng_tracker
 from megatron_lite.parallel.state import ParallelState
 
 
@@ -39,6 +40,7 @@ class Embedding(nn.Module):
             table = sinusoidal_table(cfg.max_position_embeddings, cfg.hidden_size)
             self.register_buffer("sinusoidal", table, persistent=False)
         self.dropout = cfg.hidden_dropout
+        self.state = state
 
     @property
     def weight(self) -> nn.Parameter:
@@ -46,12 +48,21 @@ class Embedding(nn.Module):
         return self.word_embeddings.weight
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """-> [b, s, h], or under sequence parallelism this rank's chunk [b, s/tp, h]."""
         x = self.word_embeddings(tokens)  # [b, s, h]
         if self.pos_emb == "learned":
             x = x + self.position_embeddings(position_ids)
         elif self.pos_emb == "sinusoidal":
             x = x + self.sinusoidal[position_ids].to(x.dtype)
-        return F.dropout(x, self.dropout, self.training) if self.dropout else x
+        if not self.state.sequence_parallel:
+            return F.dropout(x, self.dropout, self.training) if self.dropout else x
+        # Whole, then split: Megatron-LM reduce-scatters the word embeddings instead, which saves
+        # one all-reduce of [b, s, h] per step (not per layer) at the cost of slicing positions.
+        x = scatter_to_sequence(x, self.state)
+        if not (self.dropout and self.training):
+            return x
+        with get_rng_tracker().fork():  # each rank holds other tokens: its own stream
+            return F.dropout(x, self.dropout, True)
 
 
 class LMHead(nn.Module):

@@ -15,7 +15,9 @@ from megatron_lite.config.model_size import count_parameters, flops_per_token
 from megatron_lite.config.schema import ModelConfig
 from megatron_lite.model.embedding import Embedding, LMHead
 from megatron_lite.model.kv_cache import KVCache
-from megatron_lite.model.transformer import TransformerLayer, build_norm
+from megatron_lite.model.norms import build_norm
+from megatron_lite.model.transformer import TransformerLayer
+from megatron_lite.parallel.mappings import gather_from_sequence
 from megatron_lite.parallel.random import checkpoint
 from megatron_lite.parallel.state import ParallelState
 from megatron_lite.utils.logging import get_logger
@@ -54,6 +56,9 @@ class GPTModel(nn.Module):
 
     def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
+        if self.state.sequence_parallel:
+            raise ValueError("a KV cache needs the whole sequence on every rank: build the model "
+                             "with state.without_sequence_parallel() to generate")
         cfg = self.cfg
         kv_local = (cfg.num_kv_heads or cfg.num_attention_heads) // self.state.tp_size
         param = self.embedding.weight
@@ -74,13 +79,20 @@ class GPTModel(nn.Module):
         if position_ids is None:
             position_ids = default_position_ids(tokens, cache.seen if cache is not None else 0)
         x = self.embedding(tokens, position_ids)  # [b, s, h]
-        x = self._run_layers(x, position_ids, cache, attention_mask)
+        x = self.whole_sequence(self._run_layers(x, position_ids, cache, attention_mask))
         if cache is not None:
             cache.advance(tokens.shape[1])
         if last_only:
             x = x[:, -1:]
         x = self.final_layernorm(x)
         return self.lm_head(x, self.embedding.weight, gather=gather_logits)
+
+    def whole_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers' output as [b, s, h]: under sequence parallelism it is gathered here, so
+        the final norm and the heads (LM, reward, ``last_only``) see every position. Megatron
+        instead norms the chunks and gathers inside the LM head, whose backward then sends a
+        reduce-scatter where this path all-reduces: the difference is one [b, s, h] per step."""
+        return gather_from_sequence(x, self.state) if self.state.sequence_parallel else x
 
     def _run_layers(self, x, position_ids, cache, attention_mask):
         chunk = self.cfg.checkpoint_num_layers

@@ -36,17 +36,18 @@ class ParallelMLP(nn.Module):
         self.dense_h_to_4h = ColumnParallelLinear(
             h, ff * (2 if self.glu else 1), state, bias=cfg.use_bias_in_mlp, init_std=std,
             seed=seed, name=f"{prefix}.dense_h_to_4h", row_order=glu_row_order if self.glu else None,
+            sequence_parallel=state.sequence_parallel,
         )
         self.dense_4h_to_h = RowParallelLinear(
             ff, h, state, bias=cfg.use_bias_in_mlp, init_std=out_std, seed=seed,
-            name=f"{prefix}.dense_4h_to_h",
+            name=f"{prefix}.dense_4h_to_h", sequence_parallel=state.sequence_parallel,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dense_h_to_4h(x)  # [b, s, ff/tp] (x2 for GLU)
+        y = self.dense_h_to_4h(x)  # [b, s, ff/tp] (x2 for GLU); x [b, s or s/tp (sequence parallel), h]
         if self.glu:
             value, gate = y.chunk(2, dim=-1)
             y = self.act(gate) * value
         else:
             y = self.act(y)
-        return self.dense_4h_to_h(y)  # [b, s, h]
+        return self.dense_4h_to_h(y)  # [b, s, h], or [b, s/tp, h] sequence parallel

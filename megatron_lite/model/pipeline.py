@@ -1,7 +1,7 @@
 """The GPT model as a list of DeepSpeed layer specs, for ``PipelineModule``.
 
-Stages pass one tensor, the hidden state [b, s, h], and positions are recomputed from its
-length; only when documents reset positions or attention (``reset_position_ids`` /
+Stages pass one tensor, the hidden state [b, s, h] (under sequence parallelism this rank's
+chunk [b, s/tp, h]), and positions are recomputed from its length; only when documents reset positions or attention (``reset_position_ids`` /
 ``reset_attention_mask``) do they pass ``(hidden, position_ids [b, s][, attention_mask
 [b, 1, s, s] bool])`` instead, as GPT-NeoX's pipeline passes its mask. Spec index -> GPTModel name:
 
@@ -23,9 +23,9 @@ from torch import nn
 
 from megatron_lite.config.schema import ModelConfig
 from megatron_lite.model.embedding import Embedding, LMHead
-from megatron_lite.model.gpt import check_model_config, default_position_ids
+from megatron_lite.model.gpt import check_model_config
 from megatron_lite.model.transformer import TransformerLayer
-from megatron_lite.parallel.mappings import copy_to_region
+from megatron_lite.parallel.mappings import copy_to_region, gather_from_sequence
 from megatron_lite.parallel.state import ParallelState
 
 Activation = torch.Tensor | tuple[torch.Tensor, ...]  # what one stage hands the next
@@ -38,8 +38,11 @@ def _split(inputs: Activation) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     return inputs[0], tuple(inputs[1:])
 
 
-def _positions(x: torch.Tensor, extras: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    return extras[0] if extras else default_position_ids(x)  # [b, s] or [1, s]
+def _positions(x: torch.Tensor, extras: tuple[torch.Tensor, ...], chunks: int = 1) -> torch.Tensor:
+    """Positions of the whole sequence, [b, s] or [1, s]; x holds 1/``chunks`` of it."""
+    if extras:
+        return extras[0]
+    return torch.arange(x.shape[1] * chunks, device=x.device).unsqueeze(0)
 
 
 class EmbeddingPipe(Embedding):
@@ -53,23 +56,38 @@ class TransformerLayerPipe(TransformerLayer):
     def forward(self, inputs: Activation) -> Activation:  # [b, s, h] -> [b, s, h] (+ extras)
         x, extras = _split(inputs)
         mask = extras[1] if len(extras) > 1 else None
-        x = super().forward(x, _positions(x, extras), None, mask)
+        chunks = self.state.tp_size if self.sequence_parallel else 1
+        x = super().forward(x, _positions(x, extras, chunks), None, mask)
         return (x, *extras) if extras else x
+
+
+def _whole(inputs: Activation, state: ParallelState) -> torch.Tensor:
+    """The last layer's hidden state as [b, s, h] (``GPTModel.whole_sequence``)."""
+    x = _split(inputs)[0]
+    return gather_from_sequence(x, state) if state.sequence_parallel else x
 
 
 class LayerNormPipe(nn.LayerNorm):
     """Final LayerNorm as a pipeline layer (parameters named weight/bias, as GPTModel's); the
     head after it needs the hidden state only."""
 
+    def __init__(self, state: ParallelState, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.state = state
+
     def forward(self, inputs: Activation) -> torch.Tensor:
-        return super().forward(_split(inputs)[0])
+        return super().forward(_whole(inputs, self.state))
 
 
 class RMSNormPipe(nn.RMSNorm):
     """Final RMSNorm as a pipeline layer."""
 
+    def __init__(self, state: ParallelState, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.state = state
+
     def forward(self, inputs: Activation) -> torch.Tensor:
-        return super().forward(_split(inputs)[0])
+        return super().forward(_whole(inputs, self.state))
 
 
 class LMHeadPipe(LMHead):
@@ -77,12 +95,12 @@ class LMHeadPipe(LMHead):
         return super().forward(x)
 
 
-def _final_norm_spec(cfg: ModelConfig) -> Any:
+def _final_norm_spec(cfg: ModelConfig, state: ParallelState) -> Any:
     from deepspeed.pipe import LayerSpec
 
     if cfg.norm == "rmsnorm":
-        return LayerSpec(RMSNormPipe, cfg.hidden_size, eps=cfg.rms_norm_epsilon)
-    return LayerSpec(LayerNormPipe, cfg.hidden_size, eps=cfg.layernorm_epsilon,
+        return LayerSpec(RMSNormPipe, state, cfg.hidden_size, eps=cfg.rms_norm_epsilon)
+    return LayerSpec(LayerNormPipe, state, cfg.hidden_size, eps=cfg.layernorm_epsilon,
                      bias=cfg.use_bias_in_norms)
 
 
@@ -108,7 +126,7 @@ def layer_specs(cfg: ModelConfig, state: ParallelState, seed: int, reward_head: 
     else:
         specs.append(LayerSpec(EmbeddingPipe, cfg, state, seed))
     specs += [LayerSpec(TransformerLayerPipe, cfg, state, i, seed) for i in range(cfg.num_layers)]
-    specs.append(_final_norm_spec(cfg))
+    specs.append(_final_norm_spec(cfg, state))
     if reward_head:
         specs.append(LayerSpec(RewardHeadPipe, cfg, seed))
     elif tied:

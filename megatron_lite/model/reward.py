@@ -49,7 +49,7 @@ class RewardModel(GPTModel):
         if position_ids is None:
             position_ids = default_position_ids(tokens)
         x = self.embedding(tokens, position_ids)  # [b, s, h]
-        x = self._run_layers(x, position_ids, None, attention_mask)
+        x = self.whole_sequence(self._run_layers(x, position_ids, None, attention_mask))
         return self.lm_head(self.final_layernorm(x))  # [b, s]
 
 

@@ -20,7 +20,9 @@ from torch import nn
 from megatron_lite.parallel.mappings import (
     copy_to_region,
     gather_from_region,
+    gather_sequence_to_region,
     reduce_from_region,
+    reduce_scatter_to_sequence,
     scatter_to_region,
 )
 from megatron_lite.parallel.state import ParallelState
@@ -76,6 +78,25 @@ def linear_product(fn: LinearFn) -> Iterator[None]:
         _LINEAR.reset(token)
 
 
+def enter_region(x: torch.Tensor, state: ParallelState, sequence_parallel: bool) -> torch.Tensor:
+    """The input of a column-parallel product: replicated [*, in] as it is, or sequence chunks
+    [b, s/tp, in] gathered to [b, s, in]."""
+    return gather_sequence_to_region(x, state) if sequence_parallel else copy_to_region(x, state)
+
+
+def leave_region(x: torch.Tensor, state: ParallelState, sequence_parallel: bool) -> torch.Tensor:
+    """Partial sums [b, s, out] of a row-parallel product -> their sum, whole or (sequence
+    parallel) this rank's chunk [b, s/tp, out]."""
+    return reduce_scatter_to_sequence(x, state) if sequence_parallel else reduce_from_region(x, state)
+
+
+def sequence_parallel_param(param: torch.Tensor, state: ParallelState) -> torch.Tensor:
+    """A replicated parameter applied to sequence chunks: its gradient is summed over the
+    tensor-parallel ranks in the backward pass (Megatron all-reduces such gradients after the
+    backward; through autograd it also holds under pipelining, checkpointing and ZeRO)."""
+    return copy_to_region(param, state)
+
+
 def mark_tensor_parallel(*params: nn.Parameter | None) -> None:
     """Tag split parameters (Megatron's attribute) so that DeepSpeed's gradient-norm clipping
     sums them over tensor-parallel ranks but counts replicated ones (norms) only once."""
@@ -88,6 +109,8 @@ class ColumnParallelLinear(nn.Module):
     """``y = x A^T + b`` with A split by output rows: rank r computes output columns r.
 
     Input [*, in] (replicated) -> output [*, out/tp], or [*, out] with ``gather_output``.
+    With ``sequence_parallel`` the input is this rank's sequence chunk [b, s/tp, in], gathered
+    to [b, s, in] on the way in.
     """
 
     def __init__(
@@ -102,11 +125,13 @@ class ColumnParallelLinear(nn.Module):
         seed: int = 0,
         name: str = "linear",
         row_order: RowOrder | None = None,
+        sequence_parallel: bool = False,
     ) -> None:
         super().__init__()
         if out_features % state.tp_size:
             raise ValueError(f"{name}: {out_features} outputs not divisible by tp {state.tp_size}")
         self.state, self.gather_output = state, gather_output
+        self.sequence_parallel = sequence_parallel and state.tp_size > 1
         self.out_local = out_features // state.tp_size
         # The full sizes and the init name: what a LoRA adapter on this layer draws its own
         # layout-independent init from (parallel/lora_layers.py).
@@ -120,7 +145,7 @@ class ColumnParallelLinear(nn.Module):
         mark_tensor_parallel(self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = copy_to_region(x, self.state)
+        x = enter_region(x, self.state, self.sequence_parallel)
         y = linear(x, self.weight, self.bias)  # [*, out/tp]
         return gather_from_region(y, self.state) if self.gather_output else y
 
@@ -128,7 +153,8 @@ class ColumnParallelLinear(nn.Module):
 class RowParallelLinear(nn.Module):
     """``y = x A^T + b`` with A split by input columns; partial sums are all-reduced.
 
-    Input [*, in/tp] (``input_is_parallel``) or [*, in] -> output [*, out] (replicated).
+    Input [*, in/tp] (``input_is_parallel``) or [*, in] -> output [*, out] (replicated), or
+    with ``sequence_parallel`` this rank's sequence chunk [b, s/tp, out] (reduce-scattered).
     """
 
     def __init__(
@@ -142,11 +168,13 @@ class RowParallelLinear(nn.Module):
         init_std: float = 0.02,
         seed: int = 0,
         name: str = "linear",
+        sequence_parallel: bool = False,
     ) -> None:
         super().__init__()
         if in_features % state.tp_size:
             raise ValueError(f"{name}: {in_features} inputs not divisible by tp {state.tp_size}")
         self.state, self.input_is_parallel = state, input_is_parallel
+        self.sequence_parallel = sequence_parallel and state.tp_size > 1
         self.in_local = in_features // state.tp_size
         self.in_features, self.out_features, self.name, self.seed = in_features, out_features, name, seed
         master = master_normal((out_features, in_features), init_std, seed, name)
@@ -159,8 +187,11 @@ class RowParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
             x = scatter_to_region(x, self.state)
-        y = reduce_from_region(linear(x, self.weight), self.state)  # [*, out]
-        return y + self.bias if self.bias is not None else y
+        y = leave_region(linear(x, self.weight), self.state, self.sequence_parallel)  # [*, out]
+        if self.bias is None:
+            return y
+        # On sequence chunks each rank sees its own tokens: sum the bias gradient over them.
+        return y + (sequence_parallel_param(self.bias, self.state) if self.sequence_parallel else self.bias)
 
 
 class VocabParallelEmbedding(nn.Module):

@@ -30,14 +30,15 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
-from megatron_lite.parallel.layers import linear, mark_tensor_parallel
-from megatron_lite.parallel.lora import adapters_are_off, delta_weight, master_lora_a
-from megatron_lite.parallel.mappings import (
-    copy_to_region,
-    gather_from_region,
-    reduce_from_region,
-    scatter_to_region,
+from megatron_lite.parallel.layers import (
+    enter_region,
+    leave_region,
+    linear,
+    mark_tensor_parallel,
+    sequence_parallel_param,
 )
+from megatron_lite.parallel.lora import adapters_are_off, delta_weight, master_lora_a
+from megatron_lite.parallel.mappings import gather_from_region, scatter_to_region
 from megatron_lite.parallel.random import get_rng_tracker
 
 
@@ -46,6 +47,14 @@ def _factor(weight: torch.Tensor, like: torch.Tensor) -> nn.Linear:
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     layer.weight = nn.Parameter(weight.to(device=like.device, dtype=like.dtype))
     return layer
+
+
+def _dropout_stream(drop: nn.Module, per_rank: bool) -> contextlib.AbstractContextManager:
+    """Where ``drop`` draws its mask: the per-rank stream for inputs that differ between
+    tensor-parallel ranks, else the default one (no swap when nothing is drawn)."""
+    if per_rank and drop.training and isinstance(drop, nn.Dropout):
+        return get_rng_tracker().fork()
+    return contextlib.nullcontext()
 
 
 class _ParallelLoraLayer(nn.Module, LoraLayer):
@@ -122,11 +131,17 @@ class LoraColumnParallelLinear(_ParallelLoraLayer):
         result = self.base_layer(x)
         base = self.get_base_layer()
         for name in self._active():
-            # Dropout on the replicated input draws from the default stream (equal on TP ranks).
-            h = linear(self.lora_dropout[name](x), self.lora_A[name].weight)  # [*, r]
+            # Dropout on the replicated input draws from the default stream (equal on TP ranks);
+            # sequence chunks differ between ranks, and take the per-rank stream.
+            drop, a = self.lora_dropout[name], self.lora_A[name].weight
+            if base.sequence_parallel:  # A is replicated and sees this rank's tokens only
+                a = sequence_parallel_param(a, base.state)
+            with _dropout_stream(drop, per_rank=base.sequence_parallel):
+                h = linear(drop(x), a)  # [*, r]
             # A is replicated and each rank's B sees only its output columns: the backward sums
-            # dL/dh over the ranks, so every rank's A gets the whole gradient.
-            h = copy_to_region(h, base.state)
+            # dL/dh over the ranks, so every rank's A gets the whole gradient. Sequence chunks
+            # [b, s/tp, r] are gathered here, as the base layer gathers its input (r wide, not h).
+            h = enter_region(h, base.state, base.sequence_parallel)
             delta = linear(h, self.lora_B[name].weight)  # [*, out/tp]
             if base.gather_output:
                 delta = gather_from_region(delta, base.state)
@@ -146,8 +161,12 @@ class LoraRowParallelLinear(_ParallelLoraLayer):
             local = x if base.input_is_parallel else scatter_to_region(x, base.state)
             drop = self.lora_dropout[name]
             # This rank's input columns differ from the others': its own dropout stream.
-            with get_rng_tracker().fork() if drop.training and isinstance(drop, nn.Dropout) else contextlib.nullcontext():
+            with _dropout_stream(drop, per_rank=True):
                 local = drop(local)
-            h = reduce_from_region(linear(local, self.lora_A[name].weight), base.state)  # [*, r]
-            result = result + linear(h, self.lora_B[name].weight) * self.scaling[name]  # [*, out]
+            # [*, r], or this rank's sequence chunk [b, s/tp, r], like the base layer's output
+            h = leave_region(linear(local, self.lora_A[name].weight), base.state, base.sequence_parallel)
+            b = self.lora_B[name].weight
+            if base.sequence_parallel:  # B is replicated and sees this rank's tokens only
+                b = sequence_parallel_param(b, base.state)
+            result = result + linear(h, b) * self.scaling[name]  # [*, out]
         return result

@@ -5,6 +5,19 @@
     scatter_to_region   forward: keep my last-dim chunk   backward: all-gather
     gather_from_region  forward: all-gather last dim  backward: keep my chunk
 
+and, for sequence parallelism (Megatron-LM's, arXiv 2205.05198: outside the tensor-parallel
+regions, activations [b, s, h] are split along s across the tensor-parallel ranks), four more
+on the sequence dimension (dim 1):
+
+    scatter_to_sequence         forward: keep my s chunk            backward: all-gather s
+    gather_sequence_to_region   forward: all-gather s               backward: reduce-scatter s
+    gather_from_sequence        forward: all-gather s               backward: keep my s chunk
+    reduce_scatter_to_sequence  forward: reduce-scatter s           backward: all-gather s
+
+``gather_sequence_to_region`` enters a region whose ranks each send back a partial gradient
+(a column-parallel product); ``gather_from_sequence`` leaves sequence parallelism for good (the
+final norm and LM head, whose incoming gradient is already whole on every rank).
+
 All take the ``ParallelState``; with ``tp_size == 1`` they return the input untouched, so
 there is one code path for every layout (and no copy at all at tp = 1).
 """
@@ -35,6 +48,36 @@ def _gather_last(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(state.tp_size)]
     dist.all_gather(parts, x, group=state.tp_group)
     return torch.cat(parts, dim=-1)
+
+
+def _split_seq(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
+    # [b, s, ...] -> [b, s/tp, ...], a view (as _split_last)
+    chunk = _seq_chunk(x.shape[1], state)
+    return x[:, state.tp_rank * chunk : (state.tp_rank + 1) * chunk]
+
+
+def _gather_seq(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
+    # [b, s/tp, ...] on every rank -> [b, s, ...], rank order along s
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(state.tp_size)]
+    dist.all_gather(parts, x, group=state.tp_group)
+    return torch.cat(parts, dim=1)
+
+
+def _reduce_scatter_seq(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
+    # [b, s, ...] partial sums on every rank -> this rank's s chunk of their sum [b, s/tp, ...]
+    chunk = _seq_chunk(x.shape[1], state)
+    parts = [part.contiguous() for part in x.split(chunk, dim=1)]
+    out = torch.empty_like(parts[state.tp_rank])
+    dist.reduce_scatter(out, parts, group=state.tp_group)
+    return out
+
+
+def _seq_chunk(length: int, state: ParallelState) -> int:
+    if length % state.tp_size:
+        raise ValueError(f"sequence_parallel: a sequence of {length} tokens does not split over "
+                         f"model_parallel_size {state.tp_size} ranks")
+    return length // state.tp_size
 
 
 class _CopyToRegion(torch.autograd.Function):
@@ -105,3 +148,60 @@ def scatter_to_region(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
 def gather_from_region(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
     """Concatenate the ranks' chunks of the last dimension."""
     return x if state.tp_size == 1 else _GatherFromRegion.apply(x, state)
+
+
+class _ScatterToSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, state):
+        ctx.state = state
+        return _split_seq(x, state)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _gather_seq(grad, ctx.state), None
+
+
+class _GatherFromSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, state, grad_is_partial):
+        ctx.state, ctx.grad_is_partial = state, grad_is_partial
+        return _gather_seq(x, state)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.grad_is_partial:
+            return _reduce_scatter_seq(grad, ctx.state), None, None
+        return _split_seq(grad, ctx.state), None, None
+
+
+class _ReduceScatterToSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, state):
+        ctx.state = state
+        return _reduce_scatter_seq(x, state)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _gather_seq(grad, ctx.state), None
+
+
+def scatter_to_sequence(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
+    """Replicated [b, s, ...] -> this rank's sequence chunk [b, s/tp, ...]."""
+    return x if state.tp_size == 1 else _ScatterToSequence.apply(x, state)
+
+
+def gather_sequence_to_region(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
+    """Sequence chunks [b, s/tp, ...] -> the whole [b, s, ...], entering a tensor-parallel
+    region (its backward reduce-scatters the ranks' partial gradients)."""
+    return x if state.tp_size == 1 else _GatherFromSequence.apply(x, state, True)
+
+
+def gather_from_sequence(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
+    """Sequence chunks [b, s/tp, ...] -> the whole [b, s, ...], replicated from here on."""
+    return x if state.tp_size == 1 else _GatherFromSequence.apply(x, state, False)
+
+
+def reduce_scatter_to_sequence(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
+    """Leave a tensor-parallel region: sum the ranks' partial [b, s, ...] and keep this
+    rank's sequence chunk [b, s/tp, ...] (half the traffic of an all-reduce)."""
+    return x if state.tp_size == 1 else _ReduceScatterToSequence.apply(x, state)

@@ -15,7 +15,7 @@ not the groups, so a size-1 axis skips its collectives either way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch.distributed as dist
@@ -39,6 +39,9 @@ class ParallelState:
     # DeepSpeed's ``model_parallel`` group for gradient clipping: all ranks of one model replica.
     mp_group: Any = None
     topology: Any = field(default=None, repr=False)
+    # Megatron-style sequence parallelism (``sequence_parallel``, only with tp > 1): outside the
+    # tensor-parallel regions the transformer layers hold [b, s/tp, h] (parallel/mappings.py).
+    sequence_parallel: bool = False
 
     @classmethod
     def single(cls) -> ParallelState:
@@ -46,7 +49,7 @@ class ParallelState:
         return cls()
 
     @classmethod
-    def build(cls, tp_size: int, pp_size: int) -> ParallelState:
+    def build(cls, tp_size: int, pp_size: int, sequence_parallel: bool = False) -> ParallelState:
         """Create every group from the initialized default process group.
 
         ``pp_size`` counts stages (use ``pipe_stages(pipe_parallel_size)``). Every rank calls
@@ -70,6 +73,8 @@ class ParallelState:
             pp_rank=coord.pipe,
             dp_rank=coord.data,
             topology=topo,
+            # GPT-NeoX: "has no effect when model_parallel_size is 1".
+            sequence_parallel=sequence_parallel and tp_size > 1,
         )
         state.tp_group = my_group(topo.get_axis_comm_lists("model"), rank)
         state.pp_group = my_group(topo.get_axis_comm_lists("pipe"), rank)
@@ -78,6 +83,11 @@ class ParallelState:
         replicas = [topo.filter_match(data=d) for d in range(dp_size)]
         state.mp_group = my_group(replicas, rank)
         return state
+
+    def without_sequence_parallel(self) -> ParallelState:
+        """The same ranks and groups, activations whole along the sequence (generation feeds
+        one token at a time, which does not split across ranks)."""
+        return replace(self, sequence_parallel=False)
 
     # ---- DeepSpeed mpu protocol -------------------------------------------------------------
     def get_model_parallel_rank(self) -> int:
@@ -118,6 +128,7 @@ class ParallelState:
             "tp_rank": self.tp_rank,
             "pp_rank": self.pp_rank,
             "dp_rank": self.dp_rank,
+            "sequence_parallel": int(self.sequence_parallel),
         }
 
 

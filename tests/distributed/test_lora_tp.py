@@ -1,7 +1,8 @@
 """LoRA under tensor parallelism (issue #20): on 2 gloo ranks the adapters start from the same
 numbers as on one process (layout-independent init), and with the same adapters the logits,
 loss, adapter gradients (gathered and merged) and the clipped gradient norm equal the tp = 1
-model's, for a GPTNeoX-style model and a Llama-style one (GLU ``[value_r; gate_r]`` rows, GQA)."""
+model's, for a GPTNeoX-style model and a Llama-style one (GLU ``[value_r; gate_r]`` rows, GQA),
+with and without sequence parallelism."""
 
 from __future__ import annotations
 
@@ -77,6 +78,8 @@ def _measure(cfg, state, tp: int) -> dict:
 
 
 def _run(rank: int, world: int, tp: int) -> dict:
+    import dataclasses
+
     import torch.distributed as dist
 
     from megatron_lite.launcher.worker import init_distributed
@@ -86,6 +89,7 @@ def _run(rank: int, world: int, tp: int) -> dict:
         cfg = _cfg(variant, tp, world)
         state = state or init_distributed(cfg)
         results[variant] = _measure(cfg, state, tp)
+        results[f"{variant}+sp"] = _measure(cfg, dataclasses.replace(state, sequence_parallel=True), tp)
     dist.destroy_process_group()
     return results
 
@@ -94,6 +98,7 @@ def test_lora_tp2_equals_tp1():
     from megatron_lite.parallel.state import ParallelState
 
     reference = {v: _measure(_cfg(v, 1, 1), ParallelState.single(), 1) for v in VARIANTS}
+    reference.update({f"{v}+sp": ref for v, ref in reference.items()})
     for got in run_distributed(_run, 2, 2):
         for variant, ref in reference.items():
             for name, value in ref["initial"].items():

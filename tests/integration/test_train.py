@@ -89,6 +89,10 @@ LAYOUTS = {
     "pp2": {"num_gpus": 2, "pipe_parallel_size": 2, "train_micro_batch_size_per_gpu": 2},
     "tp2_pp2": {"num_gpus": 4, "model_parallel_size": 2, "pipe_parallel_size": 2,
                 "train_micro_batch_size_per_gpu": 2},
+    # Megatron-style sequence parallelism through the pipeline: rotary positions from chunks,
+    # the final norm gathering the sequence, replicated gradients summed over the tp ranks.
+    "tp2_pp2_sp": {"num_gpus": 4, "model_parallel_size": 2, "pipe_parallel_size": 2,
+                   "sequence_parallel": True, "train_micro_batch_size_per_gpu": 2},
     "zero1_dp2": {"num_gpus": 2, "zero_optimization": {"stage": 1}, "train_micro_batch_size_per_gpu": 2},
     "zero2_dp2": {"num_gpus": 2, "zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 2},
     "zero3_dp2": {"num_gpus": 2, "zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 2},

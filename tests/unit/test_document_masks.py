@@ -167,7 +167,7 @@ def test_pipeline_layers_carry_positions_and_mask():
     for i, reference in enumerate(model.layers):
         layers.append(TransformerLayerPipe(cfg, model.state, i, 7).eval())
         layers[-1].load_state_dict(reference.state_dict())
-    norm = LayerNormPipe(cfg.hidden_size, eps=cfg.layernorm_epsilon)
+    norm = LayerNormPipe(model.state, cfg.hidden_size, eps=cfg.layernorm_epsilon)
     norm.load_state_dict(model.final_layernorm.state_dict())
 
     def run(inputs):

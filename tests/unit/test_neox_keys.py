@@ -34,12 +34,12 @@ sequence_parallel pack_impl allow_chopped s3_path s3_chunk_size hf_upload checkp
 checkpoint_factor_scale keep_last_n_checkpoints_scale
 """.split()
 
-IMPLEMENTED = {"eod_mask_loss", "reset_position_ids", "reset_attention_mask", "fp32_allreduce",
+IMPLEMENTED = {"sequence_parallel",
+               "eod_mask_loss", "reset_position_ids", "reset_attention_mask", "fp32_allreduce",
                "bias_gelu_fusion", "pack_impl", "allow_chopped", "precompute_model_name"}
 
 # A value other than the default, for every key refused unless left at its default.
 REFUSED = {
-    "sequence_parallel": True,
     "opt_pos_emb_offset": 2,
     "output_layer_init_method_std": 0.01,
     "curriculum_learning": {"enabled": True, "curriculum_type": "seqlen"},
@@ -131,3 +131,19 @@ def test_attention_config_expands_as_gpt_neox(tmp_path, spec, layers, expected):
 def test_attention_type_multihead_contradicting_num_kv_heads_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="attention_type: multihead contradicts num_kv_heads: 2"):
         load(tmp_path, {**BASE, "attention_type": "multihead", "num_kv_heads": 2})
+
+
+def test_sequence_parallel_reaches_the_pipeline_and_checks_seq_length(tmp_path):
+    path = tmp_path / "sp.yml"
+    path.write_text(yaml.safe_dump({**BASE, "model_parallel_size": 2, "sequence_parallel": True}))
+    cfg = load_config([str(path)], world_size=2)
+    assert cfg.parallel.sequence_parallel
+    # Each tensor rank holds its own sequence chunk: DeepSpeed's pipeline must send all of it.
+    assert build_deepspeed_config(cfg, on_gpu=False)["pipeline"] == {
+        "pipe_partitioned": False, "grad_partitioned": False}
+    assert "pipeline" not in build_deepspeed_config(load(tmp_path, {"sequence_parallel": True}), on_gpu=False)
+    path.write_text(yaml.safe_dump({**BASE, "seq_length": 30, "model_parallel_size": 4,
+                                    "sequence_parallel": True}))
+    with pytest.raises(ConfigError, match=r"sequence_parallel: seq_length \(30\) is not divisible by "
+                                          r"model_parallel_size \(4\)"):
+        load_config([str(path)], world_size=4)
