@@ -13,7 +13,8 @@ or globs) with the same bad-input rules, and writes to --output-dir:
   removed.jsonl.zst  every removed document, with reason, rule, detail, origin (file:line) and,
                      for a duplicate, duplicate_of (the file:line of the document it duplicates)
   report.json        input_docs, output_docs, removed (reason -> count), pii (kind -> count),
-                     statistics before and after (documents, bytes, lengths, sources)
+                     statistics before and after (documents, bytes, lengths, sources; tokens
+                     with --tokenizer-type/--vocab-file)
   report.html        the same for a person, with plots and examples of each removal reason
 
 Stages, in order: language, Gopher repetition, Gopher quality, C4, blocklist, decontamination,
@@ -42,6 +43,7 @@ import sys
 from megatron_lite.curation.config import PRESETS, load_config
 from megatron_lite.curation.pipeline import CleanOptions, run_local
 from megatron_lite.data.readers import InputError
+from megatron_lite.tokenizer import TOKENIZER_TYPES, tokenizer_type_arg
 from megatron_lite.utils.logging import setup_logging
 
 EXECUTORS = ("pool", "local", "slurm", "ray")
@@ -65,9 +67,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--txt-blocks", action="store_true", help=".txt inputs: one document per blank-line-separated block")
     p.add_argument("--force", action="store_true", help="replace the outputs in a non-empty --output-dir")
     p.add_argument("--log-interval", type=int, default=10000, help="documents between progress lines")
+    p.add_argument("--tokenizer-type", default=None, type=tokenizer_type_arg,
+                   metavar="{" + ",".join(TOKENIZER_TYPES) + "}",
+                   help="count tokens with this tokenizer in report.json's statistics (as corpus_stats.py)")
+    p.add_argument("--vocab-file", default=None, help="the tokenizer's file (as preprocess_data.py)")
+    p.add_argument("--merge-file", default=None, help="GPT-2 merges.txt")
     args = p.parse_args(argv)
     if args.workers < 1 or args.batch_size < 1 or args.log_interval < 1:
         p.error("--workers, --batch-size and --log-interval must be at least 1")
+    if (args.vocab_file or args.merge_file) and not args.tokenizer_type:
+        p.error("--vocab-file and --merge-file need --tokenizer-type")
     return args
 
 
@@ -76,7 +85,8 @@ def run(args: argparse.Namespace) -> tuple[dict, dict]:
     opts = CleanOptions(input=args.input, output_dir=args.output_dir, cfg=cfg, preset=args.preset,
                         keys=args.jsonl_keys, workers=args.workers, batch_size=args.batch_size,
                         strict=args.strict, txt_blocks=args.txt_blocks, force=args.force,
-                        log_interval=args.log_interval)
+                        log_interval=args.log_interval, tokenizer_type=args.tokenizer_type,
+                        vocab_file=args.vocab_file, merge_file=args.merge_file)
     if args.executor == "pool":
         return run_local(opts)
     from megatron_lite.curation.cluster import run_cluster

@@ -67,7 +67,7 @@ class ProcessStage(_Stage):
 
     def __call__(self, data: Any, rank: int = 0, world_size: int = 1) -> None:
         cfg = self.opts.cfg
-        cleaner = DocumentCleaner(cfg, build_decontaminator(cfg))
+        cleaner = DocumentCleaner(cfg, build_decontaminator(cfg), self.opts.build_tokenizer())
         for index in range(rank, len(self.paths), world_size):
             self._file(cleaner, index)
         with open(os.path.join(self.work, "timings", f"{rank:05d}.json"), "w") as handle:
@@ -130,7 +130,7 @@ class FinalizeStage(_Stage):
         exact = merge_first(self._pairs(f"{bands:03d}_*.npy"))
         near = merge_first(self._pairs("[0-9][0-9][0-9]_*.npy", skip=f"{bands:03d}_"))
         stats = ReadStats()
-        sink = Sink(opts.output_dir, self.paths, opts.keys, opts.cfg.stats.source_field)
+        sink = Sink(opts.output_dir, self.paths, opts.keys, opts.cfg.stats.source_field, bool(opts.tokenizer_type))
         try:
             for key, record, outcome in self._documents(stats):
                 duplicate = None

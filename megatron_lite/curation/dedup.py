@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from megatron_lite.curation.config import DedupConfig
-from megatron_lite.curation.hashing import ngram_combine
+from megatron_lite.curation.hashing import as_uint64, ngram_combine
 
 KEY_LINE_BITS = 40  # a document's key: (file index << 40) | line
 _NOT_WORD = re.compile(r"[^\w\s]|_")
@@ -63,7 +63,7 @@ def exact_key(words: list[str]) -> int:
 def shingle_tokens(word_hashes: list[int], n: int) -> list[bytes]:
     """The document's word ``n``-gram shingles as 8-byte tokens (``hashing.ngram_combine``; one
     shingle for a text shorter than ``n`` words)."""
-    return ngram_combine(np.array(word_hashes, dtype=np.uint64), n, short_as_one=True).view("V8").tolist()
+    return ngram_combine(as_uint64(word_hashes), n, short_as_one=True).view("V8").tolist()
 
 
 def signatures(word_lists: list[list[str]], cfg: DedupConfig) -> list[Any]:

@@ -60,6 +60,18 @@ class CleanOptions:
     txt_blocks: bool = False
     force: bool = False
     log_interval: int = 10000
+    # Token counts in the report's statistics (as tools/corpus_stats.py): None counts none.
+    tokenizer_type: str | None = None
+    vocab_file: str | None = None
+    merge_file: str | None = None
+
+    def build_tokenizer(self) -> Any:
+        """The tokenizer the statistics count tokens with, or None."""
+        if not self.tokenizer_type:
+            return None
+        from megatron_lite.tokenizer import build_tokenizer_from
+
+        return build_tokenizer_from(self.tokenizer_type, self.vocab_file, self.merge_file)
 
 
 def _record_parser(keys: list[str]) -> Any:
@@ -100,6 +112,7 @@ def prepare_output_dir(path: str, force: bool) -> None:
 def _init_worker(cleaner: DocumentCleaner) -> None:
     # Ctrl-C reaches the whole process group: the parent handles it (removes partial outputs).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the worker processes already use every core
     _WORKER["cleaner"] = cleaner
 
 
@@ -152,6 +165,7 @@ def base_report(opts: CleanOptions, paths: list[str], stats: ReadStats) -> dict[
     """What the report says of the run besides the documents (the same for every executor)."""
     d = opts.cfg.dedup
     return {"inputs": paths, "preset": opts.preset, "jsonl_keys": opts.keys, "config": opts.cfg.to_dict(),
+            "tokenizer": opts.tokenizer_type,
             "input_bytes": stats.bytes, "skipped": dict(sorted(stats.skipped.items())),
             "dedup": {"exact": d.exact, "near": d.near, "num_perm": d.num_perm, "bands": d.bands, "rows": d.rows,
                       "ngram": d.ngram, "implied_threshold": round(implied_threshold(d.bands, d.rows), 4)}}
@@ -176,11 +190,11 @@ def run_local(opts: CleanOptions) -> tuple[dict[str, Any], dict[str, Any]]:
     ``InputError`` / ``ValueError`` / ``OSError`` for unusable input; no output appears then."""
     start = time.perf_counter()
     paths = expand_inputs(opts.input)
-    cleaner = DocumentCleaner(opts.cfg, build_decontaminator(opts.cfg))
+    cleaner = DocumentCleaner(opts.cfg, build_decontaminator(opts.cfg), opts.build_tokenizer())
     prepare_output_dir(opts.output_dir, opts.force)
     stats, index = ReadStats(), DedupIndex(opts.cfg.dedup)
     seconds, nbytes = Counter(), Counter()
-    sink = Sink(opts.output_dir, paths, opts.keys, opts.cfg.stats.source_field)
+    sink = Sink(opts.output_dir, paths, opts.keys, opts.cfg.stats.source_field, bool(opts.tokenizer_type))
     pool = None
     try:
         if opts.workers > 1:

@@ -93,11 +93,14 @@ def removed_record(record: dict[str, Any], fields: dict[str, Any]) -> dict[str, 
 class Sink:
     """Writes the outputs and gathers what the report needs; feed it documents in input order."""
 
-    def __init__(self, output_dir: str, paths: list[str], keys: list[str], source_field: str | None) -> None:
+    def __init__(self, output_dir: str, paths: list[str], keys: list[str], source_field: str | None,
+                 count_tokens: bool = False) -> None:
         self.output_dir, self.paths, self.keys = output_dir, paths, keys
         self.cleaned = ZstJsonlWriter(os.path.join(output_dir, OUTPUTS[0]))
         self.removed = ZstJsonlWriter(os.path.join(output_dir, OUTPUTS[1]))
         self.before, self.after = CorpusStats(source_field=source_field), CorpusStats(source_field=source_field)
+        # The workers count the tokens (Outcome.tokens); the statistics only add them up.
+        self.before.counts_tokens = self.after.counts_tokens = count_tokens
         self.reasons: Counter = Counter()
         self.rules: Counter = Counter()
         self.pii: Counter = Counter()
@@ -115,7 +118,8 @@ class Sink:
         self.input_docs += 1
         text = "\n\n".join(record[k] for k in self.keys)
         source = self.before.source_of(record, os.path.basename(self.paths[split_key(key)[0]]))
-        self.before.add(record, text, source, outcome.lang)
+        tokens = outcome.tokens or (None, None)
+        self.before.add(record, text, source, outcome.lang, tokens[0])
         reason, rule, detail = outcome.reason, outcome.rule, outcome.detail
         fields: dict[str, Any] = {}
         if reason is None and duplicate is not None:
@@ -125,7 +129,7 @@ class Sink:
         if reason is None:
             kept = {**record, **(outcome.texts or {})}
             self.cleaned.write(kept)
-            self.after.add(kept, "\n\n".join(kept[k] for k in self.keys), source, outcome.lang)
+            self.after.add(kept, "\n\n".join(kept[k] for k in self.keys), source, outcome.lang, tokens[1])
             self.pii.update(outcome.pii)
             self.edits.update(outcome.edits)
             return

@@ -216,6 +216,10 @@ class CorpusStats:
         self.sources.add(self.source_of(record, source), values)
         self.languages.add(lang or self.lang_of(record) or NO_LANGUAGE, values)
 
+    def count_tokens(self, text: str) -> int:
+        """The tokens of ``text`` with the tokenizer (long texts in pieces, the same ids)."""
+        return self._count_tokens(text)
+
     def _count_tokens(self, text: str) -> int:
         if self.tokenizer is None:
             raise ValueError("CorpusStats counts tokens but has no tokenizer (unpickled?): set "

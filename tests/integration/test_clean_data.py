@@ -137,3 +137,28 @@ def test_bad_input(corpus, tmp_path, capsys):
     code, err = clean_in_process(capsys, "--input", corpus["input"], "--output-dir", out, "--force",
                                  "--config", str(tmp_path / "c.yml"))
     assert code == 1 and "unknown key 'lorem_ipsun' (closest: lorem_ipsum" in err
+
+
+def test_token_counts_with_a_tokenizer(reference, corpus, tmp_path, capsys):
+    """--tokenizer-type adds tokens to report.json's statistics (per source too), counted in the
+    workers on the text each side measures: with the byte-level CharLevelTokenizer, tokens equal
+    bytes, before (the original text) and after (the edited text). Nothing else changes."""
+    plain = json.loads((reference / "report.json").read_text())
+    assert plain["tokenizer"] is None and "tokens" not in plain["stats"]["input"]
+    for args in (["--workers", "2"], ["--executor", "local", "--workers", "2"]):
+        out = tmp_path / args[1]
+        result = clean("--input", corpus["input"], "--output-dir", str(out), "--tokenizer-type", "CharLevelTokenizer",
+                       *args)
+        assert result.returncode == 0, result.stderr
+        report = json.loads((out / "report.json").read_text())
+        assert report["tokenizer"] == "CharLevelTokenizer"
+        for side in ("input", "output"):
+            stats = report["stats"][side]
+            assert stats["tokens"] == stats["bytes"] > 0 and stats["length_tokens"]["max"] > 0
+            assert all(s["tokens"] == s["bytes"] for s in stats["sources"].values()), side
+            assert stats["documents"] == plain["stats"][side]["documents"]
+        for name in OUTPUTS[:2]:
+            assert (out / name).read_bytes() == (reference / name).read_bytes(), (args, name)
+    with pytest.raises(SystemExit):
+        clean_in_process(capsys, "--input", corpus["input"], "--output-dir", str(tmp_path / "x"), "--vocab-file", "t.json")
+    assert "--vocab-file and --merge-file need --tokenizer-type" in capsys.readouterr().err

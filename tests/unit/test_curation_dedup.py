@@ -108,3 +108,21 @@ def test_config_unknown_key_names_closest(tmp_path):
         load_config(None, "webb")
     none = load_config(None, "none")
     assert not (none.dedup.exact or none.dedup.near or none.c4.enabled or none.pii.enabled)
+
+
+def test_ngram_combine_by_doubling_equals_the_polynomial():
+    """hashing.ngram_combine builds n-gram hashes by doubling: the same values as the plain
+    polynomial sum(h[i + j] * M**(n - 1 - j)) mod 2**64, for every n and length."""
+    from megatron_lite.curation.hashing import _MUL, ngram_combine
+
+    rng = np.random.default_rng(0)
+    mul = int(_MUL)
+    for length in range(0, 30):
+        h = rng.integers(0, 2**64 - 1, length, dtype=np.uint64, endpoint=True)
+        for n in range(1, 15):
+            for short in (False, True):
+                width = min(n, length)
+                grams = max(length - n + 1, 1) if (length >= n or (short and length)) else 0
+                want = [sum(int(h[i + j]) * pow(mul, width - 1 - j, 1 << 64) for j in range(width)) % (1 << 64)
+                        for i in range(grams)]
+                assert ngram_combine(h, n, short_as_one=short).tolist() == want, (length, n, short)
