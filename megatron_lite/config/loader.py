@@ -146,7 +146,7 @@ def _check_unknown_key(key: str, original: str, value: Any, source: str, known: 
             return
         raise ConfigError(
             f"{source}: {original}: {short(value)} is not implemented in megatron_lite ({feature}); "
-            f"remove the key or set it to {default!r}"
+            + ("remove the key" if default is None else f"remove the key or set it to {default!r}")
         )
     vocabulary = list(known) + list(neox_compat.ALIASES) + list(neox_compat.IGNORED_KEYS)
     close = difflib.get_close_matches(key, vocabulary, n=3, cutoff=0.6)

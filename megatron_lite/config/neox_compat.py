@@ -170,6 +170,18 @@ UNSUPPORTED_KEYS: dict[str, tuple[Any, str]] = {
     "use_bnb_optimizer": (False, "bitsandbytes optimizers"),
     "gmlp_attn_dim": (64, "gMLP layers"),
     "use_comet": (False, "Comet logging; use wandb or tensorboard"),
+    # GPT-NeoX's REINFORCE post-training (train_impl: reinforce) samples from an online data
+    # server; none of its keys means anything without it, so any value is refused.
+    "reinforce_leave_one_out": (None, "REINFORCE post-training (train_impl: reinforce)"),
+    "fp32_reinforce": (None, "REINFORCE post-training (train_impl: reinforce)"),
+    "kl_impl": (None, "REINFORCE post-training (train_impl: reinforce)"),
+    "kl_div_beta": (None, "REINFORCE post-training (train_impl: reinforce)"),
+    "online_dataserver_ips": (None, "online data servers (dataset_impl: online, for REINFORCE)"),
+    "online_dataserver_ports": (None, "online data servers (dataset_impl: online, for REINFORCE)"),
+    "serve_model_weights": (None, "serving weights to online data servers (REINFORCE)"),
+    # Not a GPT-NeoX key: the llemma fork's LR floor as a fraction of the peak. Upstream (and
+    # here) the floor is min_lr.
+    "decay_lr_to": (None, "decay_lr_to of the llemma fork of GPT-NeoX; set min_lr instead"),
 }
 
 # Attention types of GPT-NeoX's attention_config that we run (both are SDPA here).

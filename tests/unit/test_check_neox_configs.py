@@ -52,7 +52,12 @@ CONFIGS = {
   "train_impl": "dpo", "dataset_impl": "pairwise", "pack_impl": "unpacked", "dpo_beta": 0.01,
   "pos_train_data_paths": ["data/pairwise/llama3_dpo_train_chosen_document"],
   "neg_train_data_paths": ["data/pairwise/llama3_dpo_train_rejected_document"]}""",
-    "post-training/llama3-8b-reinforce.yml": """{"num_layers": 2, "hidden_size": 64, "train_impl": "reinforce"}""",
+    # As GPT-NeoX ships it: the REINFORCE keys come before (and without) a refusable train_impl
+    # in key order, and must be refused by name, not reported as unknown keys.
+    "post-training/llama3-8b-reinforce.yml": """{"num_layers": 2, "hidden_size": 64,
+  "reinforce_leave_one_out": true, "fp32_reinforce": true, "kl_impl": "abs",
+  "online_dataserver_ports": [10000, 10001], "train_impl": "reinforce"}""",
+    "llemma/7B.yml": """{"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "decay_lr_to": 0.033}""",
     "typo.yml": """{"num_layers": 2, "hiden_size": 64}""",
 }
 
@@ -70,6 +75,7 @@ def test_every_config_loads_or_names_what_is_missing(tmp_path, capsys):
                  "post-training/llama3-8b-dpo.yml"):
         assert lines[name].startswith("ok "), lines[name]
     for name, feature in (("mamba/mamba-130M.yml", "Mamba"), ("125M-dmoe.yml", "mixture of experts"),
-                          ("post-training/llama3-8b-reinforce.yml", "reinforce")):
+                          ("post-training/llama3-8b-reinforce.yml", "REINFORCE"),
+                          ("llemma/7B.yml", "decay_lr_to of the llemma fork of GPT-NeoX; set min_lr instead")):
         assert lines[name].startswith("refused ") and feature in lines[name], lines[name]
     assert lines["typo.yml"].startswith("FAIL ") and "'hiden_size'" in lines["typo.yml"]
