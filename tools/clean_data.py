@@ -25,7 +25,9 @@ when complete; a re-run with the same inputs and config gives byte-identical fil
 --workers or --executor.
 
 --executor local|slurm|ray runs the same stages as datatrove pipelines (a cluster; the near-
-duplicate step groups LSH buckets across tasks): local runs them here with --workers processes.
+duplicate step groups LSH buckets across tasks): local runs them here with --workers processes;
+slurm submits three chained job arrays (config: cluster.partition) and returns at once, printing
+the job ids: the outputs appear when the finalize job ends.
 
 Bad input: a line that is not UTF-8, not JSON, or lacks a key is skipped and reported as
 file:line (--strict: fatal); a missing, truncated or corrupt input, no documents, an unknown
@@ -42,6 +44,7 @@ import sys
 
 from megatron_lite.curation.config import PRESETS, load_config
 from megatron_lite.curation.pipeline import CleanOptions, run_local
+from megatron_lite.curation.slurm import SubmitError
 from megatron_lite.data.readers import InputError
 from megatron_lite.tokenizer import TOKENIZER_TYPES, tokenizer_type_arg
 from megatron_lite.utils.logging import setup_logging
@@ -106,6 +109,16 @@ def _print_summary(report: dict, timings: dict, output_dir: str) -> None:
     print(f"report: {os.path.join(output_dir, 'report.html')}")
 
 
+def _print_submitted(submitted: dict, output_dir: str) -> None:
+    jobs = submitted["jobs"]
+    print("submitted to Slurm: " + ", ".join(
+        f"{name} job {j['job']} ({j['tasks']} task{'s' * (j['tasks'] > 1)})" for name, j in jobs.items()))
+    final = jobs["finalize"]["job"]
+    print(f"the outputs appear in {output_dir} when job {final} ends: `squeue -j {final}` lists it until then, "
+          f"`sacct -j {final}` gives its state (a failed stage leaves it pending: DependencyNeverSatisfied)")
+    print(f"logs: {submitted['logs']}/<stage>/slurm_logs (each job's output), .../logs (each task's)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(logging.INFO)
@@ -114,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clean_data.py: interrupted; no output written", file=sys.stderr)
         return 130
-    except (InputError, ValueError, OSError, ImportError) as exc:
+    except (InputError, ValueError, OSError, ImportError, SubmitError) as exc:
         print(f"clean_data.py: error: {exc}", file=sys.stderr)
         return 1
-    if not report:  # slurm: submitted, not run
-        print(f"submitted; the outputs appear in {args.output_dir} when the finalize job ends")
+    if not report:  # slurm: submitted, not run; timings holds the jobs
+        _print_submitted(timings, args.output_dir)
         return 0
     _print_summary(report, timings, args.output_dir)
     return 0

@@ -45,7 +45,7 @@ from megatron_lite.curation.pipeline import (
 )
 from megatron_lite.curation.sink import Sink
 from megatron_lite.data.readers import ReadStats, expand_inputs
-from megatron_lite.utils.logging import get_logger
+from megatron_lite.utils.logging import get_logger, setup_logging
 
 logger = get_logger(__name__)
 _BATCH = 256
@@ -125,6 +125,8 @@ class BucketStage(_Stage):
 class FinalizeStage(_Stage):
     """Stage 3: the duplicate decisions, then every document in input order into the sink."""
 
+    remove_intermediates = False  # Slurm: this job is the last one, nobody else would
+
     def __call__(self, data: Any, rank: int = 0, world_size: int = 1) -> tuple[dict, Counter, Counter, int]:
         opts, bands = self.opts, self.opts.cfg.dedup.bands
         exact = merge_first(self._pairs(f"{bands:03d}_*.npy"))
@@ -143,7 +145,17 @@ class FinalizeStage(_Stage):
         except BaseException:
             sink.abort()
             raise
+        if self.remove_intermediates:
+            self._end_job(report)
         return (report, *self._timings(), stats.bytes)
+
+    def _end_job(self, report: dict) -> None:
+        """The last Slurm job: the intermediates go (the logs stay), and its log says what it wrote."""
+        for sub in _WORK_DIRS[:-1]:
+            shutil.rmtree(os.path.join(self.work, sub), ignore_errors=True)
+        setup_logging()  # in a job, no entry point of ours configured it
+        logger.info("wrote %s: %d documents, %d kept, %d removed", os.path.abspath(self.opts.output_dir),
+                    report["input_docs"], report["output_docs"], report["removed_docs"])
 
     def _pairs(self, pattern: str, skip: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for path in sorted(glob.glob(os.path.join(self.work, "dups", pattern))):
@@ -178,6 +190,7 @@ class FinalizeStage(_Stage):
 
 
 def _executor(kind: str, step: _Stage, tasks: int, workers: int, logs: str, depends: Any) -> Any:
+    """datatrove's local or Ray executor running ``step`` (Slurm: slurm.py)."""
     c = step.opts.cfg.cluster
     if kind == "local":
         from datatrove.executor import LocalPipelineExecutor
@@ -185,15 +198,6 @@ def _executor(kind: str, step: _Stage, tasks: int, workers: int, logs: str, depe
         # fork: a task starts in milliseconds with everything imported (forkserver re-imports)
         return LocalPipelineExecutor([step], tasks=tasks, workers=min(workers, tasks), logging_dir=logs,
                                      depends=depends, skip_completed=False, start_method="fork")
-    if kind == "slurm":
-        from datatrove.executor import SlurmPipelineExecutor
-
-        if not c.partition:
-            raise ValueError("--executor slurm needs cluster.partition in the config")
-        return SlurmPipelineExecutor([step], tasks=tasks, time=c.time, partition=c.partition,
-                                     cpus_per_task=c.cpus_per_task, mem_per_cpu_gb=c.mem_per_cpu_gb,
-                                     logging_dir=logs, depends=depends, skip_completed=False,
-                                     job_name=f"clean_data_{os.path.basename(logs)}")
     from datatrove.executor import RayPipelineExecutor  # needs ray installed
 
     return RayPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=logs, depends=depends,
@@ -213,8 +217,8 @@ def _remove_work(work: str) -> None:
 
 def run_cluster(opts: CleanOptions, kind: str, work: str | None = None) -> tuple[dict, dict]:
     """Run the three stages on datatrove's ``kind`` executor (local, slurm or ray). A local or
-    Ray run returns ``(report, timings)`` when done; a Slurm run returns ``({}, {})`` once the
-    jobs are submitted (the outputs appear when the finalize job ends)."""
+    Ray run returns ``(report, timings)`` when done; a Slurm run returns ``({}, jobs)`` once the
+    jobs are submitted (slurm.submit; the outputs appear when the finalize job ends)."""
     try:
         import datatrove  # noqa: F401
     except ImportError as exc:
@@ -222,6 +226,10 @@ def run_cluster(opts: CleanOptions, kind: str, work: str | None = None) -> tuple
     start = time.perf_counter()
     paths = expand_inputs(opts.input)
     build_decontaminator(opts.cfg)  # a bad evaluation file fails here, before any job
+    if kind == "slurm":
+        from megatron_lite.curation.slurm import check_slurm
+
+        check_slurm(opts.cfg.cluster)  # before the output directory is made
     prepare_output_dir(opts.output_dir, opts.force)
     work = os.path.abspath(work or os.path.join(opts.output_dir, ".work"))
     _remove_work(work)
@@ -229,17 +237,23 @@ def run_cluster(opts: CleanOptions, kind: str, work: str | None = None) -> tuple
         os.makedirs(os.path.join(work, sub))
     c, workers = opts.cfg.cluster, opts.cfg.cluster.workers or opts.workers
     tasks = min(c.tasks or len(paths), len(paths))
-    process = _executor(kind, ProcessStage(opts, paths, work), tasks, workers, os.path.join(work, "logs", "1_process"), None)
-    buckets = _executor(kind, BucketStage(opts, paths, work), (opts.cfg.dedup.bands + 1) * c.bucket_shards,
-                        workers, os.path.join(work, "logs", "2_buckets"), process)
-    finalize = FinalizeStage(opts, paths, work)
+    stages = [ProcessStage(opts, paths, work), BucketStage(opts, paths, work), FinalizeStage(opts, paths, work)]
+    counts = [tasks, (opts.cfg.dedup.bands + 1) * c.bucket_shards, 1]
     if kind == "slurm":
-        _executor(kind, finalize, 1, 1, os.path.join(work, "logs", "3_finalize"), buckets).run()
-        logger.info("submitted; the outputs appear in %s when the finalize job ends", opts.output_dir)
-        return {}, {}
+        from megatron_lite.curation.slurm import SubmitError, submit
+
+        stages[2].remove_intermediates = True  # no run_cluster is left to do it
+        try:
+            return {}, submit(stages, counts, work)
+        except SubmitError as exc:
+            if not exc.jobs_left:  # nothing runs: the output directory is as it was
+                _remove_work(work)
+            raise
+    process = _executor(kind, stages[0], counts[0], workers, os.path.join(work, "logs", "1_process"), None)
+    buckets = _executor(kind, stages[1], counts[1], workers, os.path.join(work, "logs", "2_buckets"), process)
     try:
         buckets.run()  # runs the process stage first (its dependency)
-        report, seconds, nbytes, input_bytes = finalize(None)
+        report, seconds, nbytes, input_bytes = stages[2](None)
     finally:
         if kind == "local":  # done or failed: nothing of it is left in the output directory
             _remove_work(work)

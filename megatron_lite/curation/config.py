@@ -136,7 +136,7 @@ class ClusterConfig:
 
     tasks: int = 0  # stage-1 tasks; 0: one per input file
     bucket_shards: int = 1  # hash ranges per band in the grouping stage
-    workers: int = 0  # tasks at once (local, ray); 0: --workers
+    workers: int = 0  # tasks at once (local, ray; slurm: the array limit %N); 0: --workers (slurm: no limit)
     partition: str | None = None  # slurm
     time: str = "24:00:00"  # slurm, per task
     cpus_per_task: int = 1
