@@ -27,10 +27,10 @@ def test_shakespeare_bench_alternates_and_reports_both(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 300)
     out = tmp_path / "r.json"
-    result = _run([str(REPO / "tools" / "bench" / "shakespeare.py"), "--input", str(corpus), "--iters", "100",
+    result = _run([str(REPO / "tools" / "bench" / "shakespeare.py"), "--input", str(corpus), "--iters", "10",
                    "--eval_iters", "2", "--repeats", "2", "--out", str(out)], tmp_path)
     report = json.loads(out.read_text())
-    assert report["iters"] == 100 and report["reference_keep_freed_memory"] is False
+    assert report["iters"] == 10 and report["reference_keep_freed_memory"] is False
     for impl in ("megatron_lite", "nanogpt_style"):
         assert len(report[impl]) == 2
         for run in report[impl]:

@@ -24,7 +24,7 @@ def test_bench_json_records(tmp_path, isolate):
     # A subprocess: the bench starts a (one-rank) process group, which unit tests do not have.
     result = subprocess.run(
         [sys.executable, str(REPO / "tools" / "bench" / "train.py"), "--shapes", "nanogpt_cpu",
-         "--repeats", "2", "--steps", "1", "--warmup", "1", "--out", str(out)]
+         "--repeats", "2", "--steps", "1", "--warmup", "1", "--micro_batch", "2", "--out", str(out)]
         + (["--isolate", "--bf16"] if isolate else []),
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
         env={k: v for k, v in os.environ.items() if k != "MASTER_PORT"} | {"PYTHONPATH": str(REPO)},

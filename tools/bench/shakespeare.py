@@ -51,11 +51,12 @@ def write_dataset(prefix: str, data: np.ndarray) -> None:
 
 
 def run_megatron_lite(work: str, iters: int, eval_iters: int) -> dict:
+    log_interval = min(50, iters)  # each record's ms_per_iter averages this many iterations
     overrides = {
         "train_data_paths": [os.path.join(work, "train_text_document")],
         "valid_data_paths": [os.path.join(work, "valid_text_document")],
-        "train_iters": iters, "lr_decay_iters": iters, "warmup": 100 / iters,
-        "eval_interval": iters, "eval_iters": eval_iters, "log_interval": 50,
+        "train_iters": iters, "lr_decay_iters": iters, "warmup": min(1.0, 100 / iters),  # 100 steps, as nanogpt_style (all of a shorter run)
+        "eval_interval": iters, "eval_iters": eval_iters, "log_interval": log_interval,
         "checkpoint_factor": None, "log_dir": os.path.join(work, "logs"),
     }
     path = os.path.join(work, "overrides.yml")
@@ -70,7 +71,7 @@ def run_megatron_lite(work: str, iters: int, eval_iters: int) -> dict:
     records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     train = [r for r in records if "split" not in r]
     valid = [r for r in records if r.get("split") == "valid"]
-    loop_seconds = sum(r["ms_per_iter"] * 50 for r in train) / 1000.0
+    loop_seconds = sum(r["ms_per_iter"] * log_interval for r in train) / 1000.0
     return {"val_loss": valid[-1]["loss"], "train_seconds": loop_seconds,
             "ms_per_iter": 1000 * loop_seconds / iters, "process_seconds": wall}
 
