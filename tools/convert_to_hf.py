@@ -14,6 +14,11 @@ LlamaForCausalLM (rmsnorm, swiglu, full rotary, sequential residual) or, with a 
 window, MistralForCausalLM; ``--architecture`` chooses one (a Llama-shaped model can be written
 as Mistral). A model no architecture expresses (alibi, learned positions, ...) is an error
 naming, per architecture, the options it lacks.
+
+A reward model (``train_impl: rm``) is written as the matching sequence classifier,
+GPTNeoX/Llama/MistralForSequenceClassification with ``num_labels: 1``, its head as
+``score.weight`` and ``pad_token_id`` set so that transformers reads the reward where the model
+does (``megatron_lite/checkpoint/hf_reward.py``); ``--architecture`` takes either spelling.
 """
 
 from __future__ import annotations
@@ -29,6 +34,13 @@ from megatron_lite.checkpoint.hf import (
     UnsupportedForHF,
     export_architecture,
     save_hf_model,
+)
+from megatron_lite.checkpoint.hf_reward import (
+    CLASSIFIER,
+    causal_architecture,
+    classifier_architecture,
+    is_reward_state_dict,
+    save_reward_model,
 )
 from megatron_lite.checkpoint.layout import (
     CONFIG_FILE,
@@ -88,14 +100,22 @@ def convert(input_dir: str, output_dir: str, iteration: int | None, force: bool 
     check_output_dir(input_dir, output_dir, force)
     step = resolve_step_dir(input_dir, iteration)
     cfg, full, tokenizer, vocab = load_weights(step)
+    reward = is_reward_state_dict(full)  # train_impl: rm -> a sequence classifier
+    if architecture and architecture.endswith(CLASSIFIER) and not reward:
+        raise UnsupportedForHF(f"{architecture} is for reward models (train_impl: rm); {step} is a language "
+                               f"model: choose {causal_architecture(architecture)}")
     # Before writing anything: an architecture that fits, weights that fit the config.
-    architecture = export_architecture(cfg, architecture)
+    architecture = export_architecture(cfg, causal_architecture(architecture))
     check_shapes(cfg, full, step)
+    eod, pad = getattr(tokenizer, "eod", None), getattr(tokenizer, "pad", None)
     with replace_dir_when_done(output_dir) as tmp:
-        save_hf_model(cfg, full, vocab, tmp, eod=getattr(tokenizer, "eod", None),
-                      pad=getattr(tokenizer, "pad", None), architecture=architecture)
+        if reward:
+            written = save_reward_model(cfg, full, vocab, tmp, eod, pad, architecture)
+        else:
+            save_hf_model(cfg, full, vocab, tmp, eod=eod, pad=pad, architecture=architecture)
+            written = architecture
         tok_note = write_tokenizer(step, tmp, tokenizer)
-    return f"{architecture}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {vocab}; {tok_note}"
+    return f"{written}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {vocab}; {tok_note}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output_dir", required=True, help="HF directory to write (new or empty)")
     p.add_argument("--force", action="store_true", help="replace an existing, non-empty --output_dir")
     p.add_argument("--iteration", type=int, default=None, help="step to export (default: latest)")
-    p.add_argument("--architecture", choices=ARCHITECTURES, default=None,
+    p.add_argument("--architecture", choices=ARCHITECTURES + tuple(map(classifier_architecture, ARCHITECTURES)),
+                   default=None,
                    help="Hugging Face class to write (default: the one the model's options fit, "
-                        "GPTNeoX, then Llama, then Mistral)")
+                        "GPTNeoX, then Llama, then Mistral; ...ForSequenceClassification for a reward model)")
     args = p.parse_args(argv)
     from transformers.utils import logging as hf_logging
 

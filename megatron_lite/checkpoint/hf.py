@@ -134,6 +134,10 @@ def model_keys_from_hf(hf: dict[str, Any], seq_length: int | None = None) -> dic
 
     ``seq_length`` defaults to (and is capped at) ``max_position_embeddings``.
     """
+    classifiers = [a for a in hf.get("architectures") or [] if a.endswith("ForSequenceClassification")]
+    if classifiers:  # its score head would otherwise surface as a missing LM head, or be dropped
+        raise UnsupportedForHF(f"{classifiers[0]} is a sequence-classification (reward) model: only language "
+                               "models import (tools/convert_to_hf.py exports reward models one way)")
     model_type = hf.get("model_type", "gpt_neox")  # very old GPTNeoX files carry none
     if model_type in LLAMA_ARCHITECTURES:
         return model_keys_from_llama(hf, seq_length)

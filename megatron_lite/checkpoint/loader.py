@@ -4,6 +4,7 @@ Llama or Mistral directory, for every reader (the Python API, generation, evalua
     cfg, full, tokenizer, vocab = load_weights(path)            # full tp = 1 state dict
     load_model_weights(module, run_cfg, tp_rank, pipelined)      # this rank's share, in place
     model, tokenizer = load_model(path)                          # one process, eval mode
+    model, tokenizer = load_reward_model(path)                   # a reward model (train_impl: rm)
 
 Everything is merged into one full state dict first (tensor-parallel shards and pipeline layer
 files become the tp = 1 names), then cut for the reader's layout, so any layout loads into any
@@ -25,6 +26,7 @@ from megatron_lite.checkpoint.hf import (
     read_hf_dir,
     weights_from_hf,
 )
+from megatron_lite.checkpoint.hf_reward import is_reward_state_dict as is_reward
 from megatron_lite.checkpoint.layout import (
     TOKENIZER_DIR,
     CheckpointError,
@@ -45,6 +47,7 @@ from megatron_lite.config.lora import LoraSettings
 from megatron_lite.config.schema import ModelConfig
 from megatron_lite.model.causal_lm import CausalLM
 from megatron_lite.model.gpt import GPTModel
+from megatron_lite.model.reward import REWARD_HEAD_KEY, RewardModel
 from megatron_lite.tokenizer import build_tokenizer_from
 from megatron_lite.utils.logging import get_logger
 
@@ -174,8 +177,14 @@ def check_shapes(cfg: ModelConfig, full: dict[str, torch.Tensor], source: str) -
     memory, no init): weights that disagree with their config fail here, naming the parameter,
     rather than in a converter's or transformers' code."""
     with torch.device("meta"):
-        model = GPTModel(cfg)
+        model = RewardModel(cfg) if is_reward(full) else GPTModel(cfg)
     check_weights_fit(model, full, source)
+
+
+def reward_model_error(source: str, what: str) -> CheckpointError:
+    """The one-line refusal of a reward model where a language model is needed for ``what``."""
+    return CheckpointError(f"{source} is a reward model (train_impl: rm): it has a scalar reward head "
+                           f"({REWARD_HEAD_KEY}) and no LM head, so it cannot {what}")
 
 
 def load_model(path: str, device: str | torch.device = "cpu", iteration: int | None = None) -> tuple[CausalLM, Any]:
@@ -188,6 +197,8 @@ def load_model(path: str, device: str | torch.device = "cpu", iteration: int | N
     if not os.path.isdir(path):
         raise CheckpointError(f"model directory not found: {path}")
     cfg, full, tokenizer, vocab = load_weights(path, iteration)
+    if is_reward(full):  # a CausalLM with the embedding as head would be silently wrong
+        raise reward_model_error(path, "load as a language model (load_reward_model loads it)")
     gpt = GPTModel(cfg)
     check_weights_fit(gpt, full, path)
     gpt.load_state_dict(full, strict=True)
@@ -195,15 +206,38 @@ def load_model(path: str, device: str | torch.device = "cpu", iteration: int | N
     return CausalLM(gpt, vocab).to(device).eval(), tokenizer
 
 
+def load_reward_model(path: str, device: str | torch.device = "cpu",
+                      iteration: int | None = None) -> tuple[RewardModel, Any]:
+    """``(model, tokenizer)`` of a reward-model checkpoint (``path``, ``iteration``: as
+    ``load_model``), the model in eval mode on ``device``: tokens [b, s] -> a value at every
+    position [b, s]; the reward is the value at a sequence's last token (its last label in
+    training), e.g. the ``<eod>`` after the text for GPT-NeoX's ``--for-rm`` data."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"model directory not found: {path}")
+    cfg, full, tokenizer, _ = load_weights(path, iteration)
+    if not is_reward(full):
+        raise CheckpointError(f"{path} is a language model, not a reward model (no {REWARD_HEAD_KEY}): "
+                              "load it with load_model")
+    model = RewardModel(cfg)
+    check_weights_fit(model, full, path)
+    model.load_state_dict(full, strict=True)
+    logger.info("loaded reward model %s: %d layers, hidden %d", path, cfg.num_layers, cfg.hidden_size)
+    return model.to(device).eval(), tokenizer
+
+
 def load_model_weights(module: nn.Module, cfg: Config, tp_rank: int, pipelined: bool,
-                       new_heads: tuple[str, ...] = ()) -> None:
+                       new_heads: tuple[str, ...] = (), lm_head_for: str | None = None) -> None:
     """Weights only, from ``load`` (our checkpoint of any layout, or a Hugging Face GPTNeoX,
     Llama or Mistral directory), into this rank's (tensor/pipeline) part of ``module``: fine-tuning, resuming a
     weights-only checkpoint, generation and evaluation workers. ``new_heads``: parameters (full
     model names) the source may lack, which then keep their initialisation (a reward head on
-    a language model)."""
+    a language model). ``lm_head_for``: what the caller needs the LM head for (generation,
+    evaluation); a reward model's checkpoint is then refused, naming it, where with tied
+    embeddings it would otherwise load as a language model without its head."""
     source = cfg.checkpoint.load
     source_cfg, full, _, _ = load_weights(source, cfg.checkpoint.iteration)
+    if lm_head_for is not None and is_reward(full):
+        raise reward_model_error(source, lm_head_for)
     if is_hf_dir(source):
         check_same_architecture(source, {k: getattr(source_cfg, k) for k in _ARCHITECTURE_KEYS}, cfg)
     if source_cfg.mlp_inner_size != cfg.model.mlp_inner_size:

@@ -73,7 +73,9 @@ def build_model(cfg: Config, state: Any, device: Any) -> GPTModel:
     # Decoding feeds one token at a time: never split along the sequence (the weights are the same).
     state = state.without_sequence_parallel()
     model = GPTModel(cfg.model, state, seed=cfg.training.seed)
-    load_model_weights(model, cfg, state.tp_rank, pipelined=False)
+    # A reward model's checkpoint is refused by name, not loaded as an LM without its head.
+    load_model_weights(model, cfg, state.tp_rank, pipelined=False, lm_head_for=(
+        "generate or score text (tools/convert_to_hf.py exports it as a ...ForSequenceClassification)"))
     return model.to(device).eval()
 
 
