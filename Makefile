@@ -8,6 +8,9 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.install-stamp
+# pytest-xdist processes for make test: most tests wait on subprocesses (deepy launches, gloo
+# ranks), so two workers keep both cores of a small machine busy. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 REQS := requirements/requirements.txt requirements/requirements-dev.txt pyproject.toml
 
 .PHONY: install test lint docs demo clean-venv
@@ -27,7 +30,7 @@ $(STAMP): $(REQS)
 test: install
 	# DeepSpeed JIT-builds its CPU comm op per checkout; a build dir of our own keeps a stale lock
 	# or another checkout's build in ~/.cache from blocking the suite.
-	TORCH_EXTENSIONS_DIR=$(CURDIR)/.venv/torch_extensions HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q tests
+	TORCH_EXTENSIONS_DIR=$(CURDIR)/.venv/torch_extensions HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # The README's first command: corpus -> tokenizer -> preprocess -> train -> generate.
 demo: install
