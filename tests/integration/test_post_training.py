@@ -1,6 +1,7 @@
 """DPO, KTO and reward models through deepy.py on CPU (issue #20): a tiny model learns a small
-synthetic preference set; tensor, pipeline and ZeRO data parallel runs follow one process's DPO
-losses; a resumed DPO run is bit-exact and keeps its reference model; bad records are one line."""
+synthetic preference set; tensor, pipeline and ZeRO data parallel runs follow one process's DPO,
+KTO and reward model losses; a resumed DPO run is bit-exact and keeps its reference model; bad
+records are one line."""
 
 from __future__ import annotations
 
@@ -225,37 +226,105 @@ def kto_data(root: Path, pairs: list, name: str) -> dict[str, str]:
             "reward": write(f"{prefix}_reward_document", rewards, dtype=np.float32)}
 
 
-def test_kto_trains(tmp_path, pairs_data):
+def kto_config(tmp_path: Path, data: dict, **overrides) -> dict:
     keys = {"pack_impl": "unpacked", "train_impl": "kto", "kto_beta": 0.1}
-    for split, n, seed in (("train", 32, 0), ("valid", 8, 1)):
-        files = kto_data(tmp_path, preference_pairs(n, seed), split)
-        keys.update({f"{split}_data_paths": [files["text"]], f"{split}_label_data_paths": [files["label"]],
-                     f"{split}_reward_data_paths": [files["reward"]]})
+    for split in ("train", "valid"):
+        keys.update({f"{split}_data_paths": [data[split]["text"]], f"{split}_label_data_paths": [data[split]["label"]],
+                     f"{split}_reward_data_paths": [data[split]["reward"]]})
     cfg = base_config(tmp_path, "", **keys)
     del cfg["data_path"], cfg["split"]
-    cfg.update({"train_batch_size": 8, "train_micro_batch_size_per_gpu": 8, "train_iters": 6, "eval_interval": 6,
-                "eval_iters": 1, "warmup": 0.0, "lr_decay_style": "constant", "weight_decay": 0.0})
-    run_train(tmp_path, cfg)
-    train = records(tmp_path)
+    # KTO's KL estimate is a statistic of the micro batch (each half against the other), so
+    # every layout keeps micro batches of 8 documents: 2 of them make a global batch, through
+    # gradient accumulation or data parallelism (the sampler gives rank r the r-th micro batch).
+    cfg.update({"train_batch_size": 16, "train_micro_batch_size_per_gpu": 8, "train_iters": 6,
+                "eval_interval": 3, "eval_iters": 1, "warmup": 0.0, "lr_decay_style": "constant",
+                "weight_decay": 0.0, "seed": SEED})
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def kto_files(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("kto_data")
+    return {split: kto_data(root, preference_pairs(n, seed), split) for split, n, seed in (("train", 64, 0),
+                                                                                          ("valid", 8, 1))}
+
+
+@pytest.fixture(scope="module")
+def kto_run(tmp_path_factory, kto_files) -> Path:
+    """One single-process KTO run (6 iterations of 2 accumulated micro batches, validation at 3
+    and 6): the reference of the layouts below."""
+    tmp = tmp_path_factory.mktemp("kto")
+    run_train(tmp, kto_config(tmp, kto_files))
+    assert sorted(train_losses(tmp)) == list(range(1, 7))
+    return tmp
+
+
+def test_kto_trains(kto_run):
+    train = records(kto_run)
     assert train[0]["kl"] == 0.0 and abs(train[0]["loss"] - 0.5) < 1e-6  # policy = reference: 1 - sigmoid(0)
     assert train[-1]["loss"] < train[0]["loss"] and train[-1]["reward_accuracy"] > 0.5
-    assert "kl" in records(tmp_path, "valid")[-1]
+    assert [r["iteration"] for r in records(kto_run, "valid")] == [3, 6]
+    assert "kl" in records(kto_run, "valid")[-1]
 
 
-def test_reward_model_trains_and_reports_held_out_accuracy(tmp_path, pairs_data, dpo_run):
-    """A reward model fine-tuned from a language model's checkpoint (its scalar head is new)."""
-    train = write_pairs(str(tmp_path / "rm_train"), preference_pairs(64, seed=0), for_rm=True)
-    valid = write_pairs(str(tmp_path / "rm_valid"), pairs_data["valid_pairs"], for_rm=True)
-    cfg = dpo_config(tmp_path, {"train": train, "valid": valid}, train_impl="rm", train_iters=8,
-                     eval_interval=8, train_micro_batch_size_per_gpu=8, z_loss=0.001,
-                     load=str(dpo_run / "ckpt"), finetune=True)
-    result = run_train(tmp_path, cfg)
-    assert "has no lm_head.rm_linear.weight: initialised" in result.stderr
-    losses = train_losses(tmp_path)
-    assert losses[8] < losses[1]
-    held_out = records(tmp_path, "valid")[-1]
-    assert {"reward_accuracy", "reward_margin", "chosen_rewards", "rejected_rewards"} <= set(held_out)
-    assert held_out["reward_accuracy"] > 0.5
+def reward_config(tmp_path: Path, data: dict, **overrides) -> dict:
+    return dpo_config(tmp_path, data, train_impl="rm", z_loss=0.001, **overrides)
+
+
+@pytest.fixture(scope="module")
+def rm_files(tmp_path_factory, pairs_data) -> dict:
+    root = tmp_path_factory.mktemp("rm_data")
+    return {"train": write_pairs(str(root / "rm_train"), preference_pairs(64, seed=0), for_rm=True),
+            "valid": write_pairs(str(root / "rm_valid"), pairs_data["valid_pairs"], for_rm=True)}
+
+
+@pytest.fixture(scope="module")
+def rm_run(tmp_path_factory, rm_files) -> Path:
+    """One single-process reward model run from the initialisation (6 iterations, validation at
+    3 and 6): the reference of the layouts below."""
+    tmp = tmp_path_factory.mktemp("rm")
+    run_train(tmp, reward_config(tmp, rm_files, train_micro_batch_size_per_gpu=8))
+    losses = train_losses(tmp)
+    assert sorted(losses) == list(range(1, 7)) and losses[6] < losses[1]
+    return tmp
+
+
+# Two layouts per objective, together tensor, pipeline and ZeRO data parallelism (DPO's are
+# above). tp2_pp2 is 4 ranks: the reference runs stage after stage (kto), the reward head is
+# the last stage's layer (rm).
+POST_TRAINING_LAYOUTS = {
+    "kto-tp2_pp2": ("kto", {"num_gpus": 4, "model_parallel_size": 2, "pipe_parallel_size": 2}),
+    "kto-zero1_dp2": ("kto", {"num_gpus": 2, "zero_optimization": {"stage": 1}}),
+    "rm-tp2_pp2": ("rm", {"num_gpus": 4, "model_parallel_size": 2, "pipe_parallel_size": 2,
+                          "train_micro_batch_size_per_gpu": 4}),
+    "rm-zero3_dp2": ("rm", {"num_gpus": 2, "zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 4}),
+}
+
+
+@pytest.mark.parametrize("layout", list(POST_TRAINING_LAYOUTS))
+def test_kto_and_reward_model_parallel_layouts_match_single_process(request, tmp_path, layout):
+    """The logged loss of every iteration equals the single process's to DPO's tolerance, and
+    so do the metrics (the accuracies exactly), in training and in validation."""
+    kind, overrides = POST_TRAINING_LAYOUTS[layout]
+    if kind == "kto":
+        expected_dir, cfg = request.getfixturevalue("kto_run"), kto_config(tmp_path, request.getfixturevalue("kto_files"),
+                                                                          **overrides)
+    else:
+        expected_dir = request.getfixturevalue("rm_run")
+        cfg = reward_config(tmp_path, request.getfixturevalue("rm_files"), **overrides)
+    run_train(tmp_path, cfg)
+    for split in (None, "valid"):
+        got, want = records(tmp_path, split), records(expected_dir, split)
+        assert [r["iteration"] for r in got] == [r["iteration"] for r in want] != []
+        for g, w in zip(got, want):
+            where = f"{layout} {split or 'train'} iteration {w['iteration']}"
+            assert g["loss"] == pytest.approx(w["loss"], rel=2e-5, abs=2e-5), where
+            assert g["reward_accuracy"] == w["reward_accuracy"], where
+            for key in ("reward_margin", "chosen_rewards", "rejected_rewards", "kl", "desirable_rewards",
+                        "undesirable_rewards"):
+                if key in w:
+                    assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-5), f"{where}: {key}"
 
 
 def test_a_prompt_longer_than_seq_length_is_one_line(tmp_path, pairs_data):
