@@ -27,7 +27,8 @@ when complete; a re-run with the same inputs and config gives byte-identical fil
 --executor local|slurm|ray runs the same stages as datatrove pipelines (a cluster; the near-
 duplicate step groups LSH buckets across tasks): local runs them here with --workers processes;
 slurm submits three chained job arrays (config: cluster.partition) and returns at once, printing
-the job ids: the outputs appear when the finalize job ends.
+the job ids: the outputs appear when the finalize job ends; ray runs them on the Ray cluster at
+$RAY_ADDRESS, or, without it, on a Ray instance it starts here (--workers CPUs) and stops after.
 
 Bad input: a line that is not UTF-8, not JSON, or lacks a key is skipped and reported as
 file:line (--strict: fatal); a missing, truncated or corrupt input, no documents, an unknown
@@ -44,6 +45,7 @@ import sys
 
 from megatron_lite.curation.config import PRESETS, load_config
 from megatron_lite.curation.pipeline import CleanOptions, run_local
+from megatron_lite.curation.ray_run import RayRunError
 from megatron_lite.curation.slurm import SubmitError
 from megatron_lite.data.readers import InputError
 from megatron_lite.tokenizer import TOKENIZER_TYPES, tokenizer_type_arg
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clean_data.py: interrupted; no output written", file=sys.stderr)
         return 130
-    except (InputError, ValueError, OSError, ImportError, SubmitError) as exc:
+    except (InputError, ValueError, OSError, ImportError, SubmitError, RayRunError) as exc:
         print(f"clean_data.py: error: {exc}", file=sys.stderr)
         return 1
     if not report:  # slurm: submitted, not run; timings holds the jobs

@@ -20,6 +20,7 @@ holds the duplicate map (16 bytes per removed duplicate) and one batch of docume
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -198,16 +199,18 @@ def _executor(kind: str, step: _Stage, tasks: int, workers: int, logs: str, depe
         # fork: a task starts in milliseconds with everything imported (forkserver re-imports)
         return LocalPipelineExecutor([step], tasks=tasks, workers=min(workers, tasks), logging_dir=logs,
                                      depends=depends, skip_completed=False, start_method="fork")
-    from datatrove.executor import RayPipelineExecutor  # needs ray installed
+    from datatrove.executor import RayPipelineExecutor
 
-    return RayPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=logs, depends=depends,
+    # no depends=: ray_run.run_stage runs the stages in turn (datatrove would wait forever on a
+    # failed dependency)
+    return RayPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=logs,
                                cpus_per_task=c.cpus_per_task, mem_per_cpu_gb=c.mem_per_cpu_gb,
                                skip_completed=False)
 
 
-def _remove_work(work: str) -> None:
+def _remove_work(work: str, keep_logs: bool = False) -> None:
     """Our folders in ``work`` (a --work-dir given by the user may hold other files)."""
-    for sub in _WORK_DIRS:
+    for sub in _WORK_DIRS[:-1] if keep_logs else _WORK_DIRS:
         shutil.rmtree(os.path.join(work, sub), ignore_errors=True)
     try:
         os.rmdir(work)
@@ -230,12 +233,24 @@ def run_cluster(opts: CleanOptions, kind: str, work: str | None = None) -> tuple
         from megatron_lite.curation.slurm import check_slurm
 
         check_slurm(opts.cfg.cluster)  # before the output directory is made
+    workers = opts.cfg.cluster.workers or opts.workers
+    session: Any = contextlib.nullcontext()
+    if kind == "ray":
+        from megatron_lite.curation.ray_run import ray_session
+
+        session = ray_session(opts.cfg.cluster, workers)
+    with session:  # Ray: connected (or refused) before the output directory is made
+        return _run_stages(opts, kind, paths, work, workers, start)
+
+
+def _run_stages(opts: CleanOptions, kind: str, paths: list[str], work: str | None, workers: int,
+                start: float) -> tuple[dict, dict]:
     prepare_output_dir(opts.output_dir, opts.force)
     work = os.path.abspath(work or os.path.join(opts.output_dir, ".work"))
     _remove_work(work)
     for sub in _WORK_DIRS[:-1]:
         os.makedirs(os.path.join(work, sub))
-    c, workers = opts.cfg.cluster, opts.cfg.cluster.workers or opts.workers
+    c = opts.cfg.cluster
     tasks = min(c.tasks or len(paths), len(paths))
     stages = [ProcessStage(opts, paths, work), BucketStage(opts, paths, work), FinalizeStage(opts, paths, work)]
     counts = [tasks, (opts.cfg.dedup.bands + 1) * c.bucket_shards, 1]
@@ -249,12 +264,26 @@ def run_cluster(opts: CleanOptions, kind: str, work: str | None = None) -> tuple
             if not exc.jobs_left:  # nothing runs: the output directory is as it was
                 _remove_work(work)
             raise
-    process = _executor(kind, stages[0], counts[0], workers, os.path.join(work, "logs", "1_process"), None)
-    buckets = _executor(kind, stages[1], counts[1], workers, os.path.join(work, "logs", "2_buckets"), process)
+    done = False
     try:
-        buckets.run()  # runs the process stage first (its dependency)
+        if kind == "ray":
+            _run_ray(stages, counts, workers, work)
+        else:
+            process = _executor(kind, stages[0], counts[0], workers, os.path.join(work, "logs", "1_process"), None)
+            _executor(kind, stages[1], counts[1], workers, os.path.join(work, "logs", "2_buckets"), process).run()
         report, seconds, nbytes, input_bytes = stages[2](None)
+        done = True
     finally:
-        if kind == "local":  # done or failed: nothing of it is left in the output directory
-            _remove_work(work)
+        # local: nothing is left in the output directory, done or failed; Ray: a failure keeps
+        # the logs, which its error message points to
+        _remove_work(work, keep_logs=kind == "ray" and not done)
     return report, timing_summary(seconds, nbytes, input_bytes, time.perf_counter() - start)
+
+
+def _run_ray(stages: list[_Stage], counts: list[int], workers: int, work: str) -> None:
+    """The process and bucket stages on Ray, one after the other, each checked complete."""
+    from megatron_lite.curation.ray_run import run_stage
+
+    for step, tasks, name in zip(stages[:2], counts, ("1_process", "2_buckets")):
+        logs = os.path.join(work, "logs", name)
+        run_stage(_executor("ray", step, tasks, workers, logs, None), name.split("_", 1)[1], logs)

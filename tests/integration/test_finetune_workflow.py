@@ -161,13 +161,15 @@ def test_readme_finetune_section_is_the_tested_workflow():
 
 
 def test_finetune_workflow_from_hf_to_hf(tmp_path):
-    import yaml
-    from transformers import AutoTokenizer, GPTNeoXForCausalLM
+    sizes = write_workspace(tmp_path)
+    before = check_import_and_sft(tmp_path)
+    check_lora_dpo(tmp_path, sizes, before)
+    check_export(tmp_path)
 
-    import megatron_lite
 
+def write_workspace(tmp_path: Path) -> dict:
+    """The HF model, the data files and the README's configs; returns test.yml's sizes."""
     finetune_yml, eval_yml, dpo_yml = code_blocks(readme_section(), "yaml")  # the README's configs
-
     make_hf_model(tmp_path / "pythia-160m")
     train, held_out = FACTS[:-HELD_OUT], FACTS[-HELD_OUT:]
     write_jsonl(tmp_path / "data/sft.jsonl", [{"prompt": prompt(t), "completion": completion(t, c)} for t, c in train])
@@ -187,7 +189,11 @@ def test_finetune_workflow_from_hf_to_hf(tmp_path):
              "train_iters": 30, "optimizer": {"type": "Adam", "params": {"lr": 3e-3}}, "warmup": 0.1, "min_lr": 3e-4,
              "log_interval": 5, "maximum_tokens": 12, "num_workers": 0, "num_gpus": 1, "master_port": free_port()}
     (tmp_path / "test.yml").write_text(json.dumps(sizes))
+    return sizes
 
+
+def check_import_and_sft(tmp_path: Path) -> dict:
+    """Steps 1-4; returns the original model's evaluation."""
     # 1. import
     run(COMMANDS[0], tmp_path)
     assert (tmp_path / IMPORTED / "latest").read_text() == "global_step0"
@@ -208,6 +214,13 @@ def test_finetune_workflow_from_hf_to_hf(tmp_path):
     before, after = evaluate(COMMANDS[3], tmp_path), evaluate(COMMANDS[4], tmp_path)
     assert after["perplexity"]["perplexity,none"] < 0.8 * before["perplexity"]["perplexity,none"], (before, after)
     assert after["bleu_rouge"]["rougeL,none"] > before["bleu_rouge"]["rougeL,none"], (before, after)
+    return before
+
+
+def check_lora_dpo(tmp_path: Path, sizes: dict, before: dict) -> None:
+    """Steps 5-7: preference data, LoRA-DPO from the SFT model, evaluation."""
+    import yaml
+
     # 5. preference pairs: the prompt masked in the labels of both answers
     run(COMMANDS[5], tmp_path)
     for name in ("chosen", "chosen_label", "rejected", "rejected_label"):
@@ -236,6 +249,14 @@ def test_finetune_workflow_from_hf_to_hf(tmp_path):
     # 7. evaluate the aligned model: still far better on the held-out records than the original
     aligned = evaluate(COMMANDS[7], tmp_path)
     assert aligned["perplexity"]["perplexity,none"] < 0.8 * before["perplexity"]["perplexity,none"], (before, aligned)
+
+
+def check_export(tmp_path: Path) -> None:
+    """Step 8: the merged export against our reading of the LoRA checkpoint."""
+    from transformers import AutoTokenizer, GPTNeoXForCausalLM
+
+    import megatron_lite
+
     # 8. export, the adapters merged; transformers loads it offline, with the model's tokenizer,
     # and agrees with our reading of the LoRA checkpoint
     run(COMMANDS[8], tmp_path)
