@@ -36,47 +36,37 @@ def _all_reduce(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
     return x
 
 
-def _split_last(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
-    # A view: its consumers (a matmul, or autograd accumulating a gradient) take strided input.
-    chunk = x.shape[-1] // state.tp_size
-    return x[..., state.tp_rank * chunk : (state.tp_rank + 1) * chunk]
+LAST, SEQ = -1, 1  # the dimensions split: hidden/vocab (tensor parallel), sequence (of [b, s, h])
 
 
-def _gather_last(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
-    # [..., n] on every rank -> [..., tp * n], rank order along the last dim
+def _split(x: torch.Tensor, state: ParallelState, dim: int) -> torch.Tensor:
+    # [.., n, ..] -> this rank's chunk [.., n/tp, ..] of dim. A view: its consumers (a matmul,
+    # or autograd accumulating a gradient) take strided input.
+    chunk = _chunk(x.shape[dim], state)
+    return x.narrow(dim, state.tp_rank * chunk, chunk)
+
+
+def _gather(x: torch.Tensor, state: ParallelState, dim: int) -> torch.Tensor:
+    # [.., n, ..] on every rank -> [.., tp * n, ..], rank order along dim
     x = x.contiguous()
     parts = [torch.empty_like(x) for _ in range(state.tp_size)]
     dist.all_gather(parts, x, group=state.tp_group)
-    return torch.cat(parts, dim=-1)
-
-
-def _split_seq(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
-    # [b, s, ...] -> [b, s/tp, ...], a view (as _split_last)
-    chunk = _seq_chunk(x.shape[1], state)
-    return x[:, state.tp_rank * chunk : (state.tp_rank + 1) * chunk]
-
-
-def _gather_seq(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
-    # [b, s/tp, ...] on every rank -> [b, s, ...], rank order along s
-    x = x.contiguous()
-    parts = [torch.empty_like(x) for _ in range(state.tp_size)]
-    dist.all_gather(parts, x, group=state.tp_group)
-    return torch.cat(parts, dim=1)
+    return torch.cat(parts, dim=dim)
 
 
 def _reduce_scatter_seq(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
     # [b, s, ...] partial sums on every rank -> this rank's s chunk of their sum [b, s/tp, ...]
-    chunk = _seq_chunk(x.shape[1], state)
-    parts = [part.contiguous() for part in x.split(chunk, dim=1)]
+    chunk = _chunk(x.shape[SEQ], state)
+    parts = [part.contiguous() for part in x.split(chunk, dim=SEQ)]
     out = torch.empty_like(parts[state.tp_rank])
     dist.reduce_scatter(out, parts, group=state.tp_group)
     return out
 
 
-def _seq_chunk(length: int, state: ParallelState) -> int:
-    if length % state.tp_size:
-        raise ValueError(f"sequence_parallel: a sequence of {length} tokens does not split over "
-                         f"model_parallel_size {state.tp_size} ranks")
+def _chunk(length: int, state: ParallelState) -> int:
+    if length % state.tp_size:  # the layers and the config check this first (seq_length, widths)
+        raise ValueError(f"a dimension of {length} does not split over model_parallel_size "
+                         f"{state.tp_size} ranks")
     return length // state.tp_size
 
 
@@ -108,26 +98,44 @@ class _ReduceFromRegion(torch.autograd.Function):
         return grad, None
 
 
-class _ScatterToRegion(torch.autograd.Function):
+class _Scatter(torch.autograd.Function):
+    """Keep this rank's chunk of ``dim``; backward: all-gather it."""
+
     @staticmethod
-    def forward(ctx, x, state):
-        ctx.state = state
-        return _split_last(x, state)
+    def forward(ctx, x, state, dim):
+        ctx.state, ctx.dim = state, dim
+        return _split(x, state, dim)
 
     @staticmethod
     def backward(ctx, grad):
-        return _gather_last(grad, ctx.state), None
+        return _gather(grad, ctx.state, ctx.dim), None, None
 
 
-class _GatherFromRegion(torch.autograd.Function):
+class _Gather(torch.autograd.Function):
+    """All-gather ``dim``; backward: keep this rank's chunk of the gradient or, when each rank's
+    gradient is a partial sum (``grad_is_partial``, sequence only), reduce-scatter them."""
+
     @staticmethod
-    def forward(ctx, x, state):
-        ctx.state = state
-        return _gather_last(x, state)
+    def forward(ctx, x, state, dim, grad_is_partial):
+        ctx.state, ctx.dim, ctx.grad_is_partial = state, dim, grad_is_partial
+        return _gather(x, state, dim)
 
     @staticmethod
     def backward(ctx, grad):
-        return _split_last(grad, ctx.state), None
+        if ctx.grad_is_partial:
+            return _reduce_scatter_seq(grad, ctx.state), None, None, None
+        return _split(grad, ctx.state, ctx.dim), None, None, None
+
+
+class _ReduceScatterToSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, state):
+        ctx.state = state
+        return _reduce_scatter_seq(x, state)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _gather(grad, ctx.state, SEQ), None
 
 
 def copy_to_region(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
@@ -142,63 +150,28 @@ def reduce_from_region(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
 
 def scatter_to_region(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
     """Keep this rank's chunk of the last dimension."""
-    return x if state.tp_size == 1 else _ScatterToRegion.apply(x, state)
+    return x if state.tp_size == 1 else _Scatter.apply(x, state, LAST)
 
 
 def gather_from_region(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
     """Concatenate the ranks' chunks of the last dimension."""
-    return x if state.tp_size == 1 else _GatherFromRegion.apply(x, state)
-
-
-class _ScatterToSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, state):
-        ctx.state = state
-        return _split_seq(x, state)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _gather_seq(grad, ctx.state), None
-
-
-class _GatherFromSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, state, grad_is_partial):
-        ctx.state, ctx.grad_is_partial = state, grad_is_partial
-        return _gather_seq(x, state)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if ctx.grad_is_partial:
-            return _reduce_scatter_seq(grad, ctx.state), None, None
-        return _split_seq(grad, ctx.state), None, None
-
-
-class _ReduceScatterToSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, state):
-        ctx.state = state
-        return _reduce_scatter_seq(x, state)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _gather_seq(grad, ctx.state), None
+    return x if state.tp_size == 1 else _Gather.apply(x, state, LAST, False)
 
 
 def scatter_to_sequence(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
     """Replicated [b, s, ...] -> this rank's sequence chunk [b, s/tp, ...]."""
-    return x if state.tp_size == 1 else _ScatterToSequence.apply(x, state)
+    return x if state.tp_size == 1 else _Scatter.apply(x, state, SEQ)
 
 
 def gather_sequence_to_region(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
     """Sequence chunks [b, s/tp, ...] -> the whole [b, s, ...], entering a tensor-parallel
     region (its backward reduce-scatters the ranks' partial gradients)."""
-    return x if state.tp_size == 1 else _GatherFromSequence.apply(x, state, True)
+    return x if state.tp_size == 1 else _Gather.apply(x, state, SEQ, True)
 
 
 def gather_from_sequence(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
     """Sequence chunks [b, s/tp, ...] -> the whole [b, s, ...], replicated from here on."""
-    return x if state.tp_size == 1 else _GatherFromSequence.apply(x, state, False)
+    return x if state.tp_size == 1 else _Gather.apply(x, state, SEQ, False)
 
 
 def reduce_scatter_to_sequence(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
